@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# The Kaggle emulator fixtures (kaggle_runner.emulator) live in their own plugin module.
+pytest_plugins = ["tests.emulator_plugin"]
+
 _CREDENTIAL_VARS = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_API_V1_TOKEN")
 
 

@@ -1,0 +1,1 @@
+"""pytest fixtures around kaggle_runner.emulator (filled in with the emulator)."""
