@@ -35,7 +35,7 @@ def corpus_bleu4(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) -> 
             totals[n - 1] += max(len(hyp) - n + 1, 0)
     if hyp_len == 0 or min(matches) == 0:
         return 0.0
-    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / 4
+    log_precision = sum(math.log(m / t) for m, t in zip(matches, totals, strict=True)) / 4
     brevity = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
     return brevity * math.exp(log_precision)
 
@@ -50,7 +50,10 @@ def edit_distance(hypotheses: Sequence[Tokens], references: Sequence[Tokens]) ->
     """Mean of Levenshtein(hyp, ref) / len(ref); an empty reference divides by 1."""
     if not references:
         return 0.0
-    ratios = [editdistance.eval(list(h), list(r)) / max(len(r), 1) for h, r in zip(hypotheses, references, strict=True)]
+    ratios = [
+        editdistance.eval(list(h), list(r)) / max(len(r), 1)
+        for h, r in zip(hypotheses, references, strict=True)
+    ]
     return sum(ratios) / len(ratios)
 
 

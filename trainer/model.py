@@ -47,7 +47,9 @@ class ModelConfig:
 
 # Sizes by name. tiny trains in seconds on a CPU (tests); base fits a 16 GB T4 with batch 32 in fp16.
 MODEL_SIZES: dict[str, dict[str, object]] = {
-    "tiny": dict(d_model=64, cnn_channels=(16, 32, 64, 64), decoder_layers=2, heads=4, ff_dim=128, dropout=0.0),
+    "tiny": dict(
+        d_model=64, cnn_channels=(16, 32, 64, 64), decoder_layers=2, heads=4, ff_dim=128, dropout=0.0
+    ),
     "small": dict(d_model=256, cnn_channels=(32, 64, 128, 256), decoder_layers=3, heads=4, ff_dim=1024),
     "base": dict(d_model=512, cnn_channels=(64, 128, 256, 512), decoder_layers=6, heads=8, ff_dim=2048),
 }
@@ -67,9 +69,19 @@ class ConvEncoder(nn.Module):
         layers: list[nn.Module] = []
         in_ch = 1
         for index, out_ch in enumerate(cfg.cnn_channels):
-            layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
-            if index >= len(cfg.cnn_channels) - 2:  # deeper stages get a second conv: more capacity, same grid
-                layers += [nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
+            if (
+                index >= len(cfg.cnn_channels) - 2
+            ):  # deeper stages get a second conv: more capacity, same grid
+                layers += [
+                    nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(out_ch),
+                    nn.ReLU(inplace=True),
+                ]
             width_stride = 2 if index < cfg.width_pool_stages else 1
             layers.append(nn.MaxPool2d(kernel_size=(2, width_stride), stride=(2, width_stride)))
             in_ch = out_ch
@@ -77,8 +89,9 @@ class ConvEncoder(nn.Module):
         self.project = nn.Conv2d(in_ch, cfg.d_model, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        # Images arrive in [0, 1] with white background; centre them so BatchNorm starts near its regime.
-        return self.project(self.features(images - 0.5))
+        # Images arrive in [0, 1] with ink 1 and background 0, so the convolutions' zero padding and the
+        # batch padding both read as blank paper: no centring here.
+        return self.project(self.features(images))
 
 
 def sinusoid_table(length: int, dim: int) -> torch.Tensor:
@@ -118,10 +131,17 @@ class Attention(nn.Module):
         k, v = self.kv(source).chunk(2, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
-    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        causal: bool,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         q = self.split_heads(self.q(x))
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=causal)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop, is_causal=causal)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -135,12 +155,20 @@ class DecoderLayer(nn.Module):
         self.self_attn = Attention(cfg)
         self.cross_attn = Attention(cfg)
         self.mlp = nn.Sequential(
-            nn.Linear(cfg.d_model, cfg.ff_dim), nn.GELU(), nn.Linear(cfg.ff_dim, cfg.d_model), nn.Dropout(cfg.dropout)
+            nn.Linear(cfg.d_model, cfg.ff_dim),
+            nn.GELU(),
+            nn.Linear(cfg.ff_dim, cfg.d_model),
+            nn.Dropout(cfg.dropout),
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor],
-                cache: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory_kv: tuple[torch.Tensor, torch.Tensor],
+        memory_mask: torch.Tensor | None = None,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         h = self.norm1(x)
         k, v = self.self_attn.keys_values(h)
         causal = True
@@ -150,7 +178,7 @@ class DecoderLayer(nn.Module):
             cache["k"], cache["v"] = k, v
             causal = False
         x = x + self.drop(self.self_attn(h, k, v, causal=causal))
-        x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, causal=False))
+        x = x + self.drop(self.cross_attn(self.norm2(x), *memory_kv, causal=False, mask=memory_mask))
         return x + self.mlp(self.norm3(x))
 
 
@@ -168,12 +196,21 @@ class ImageToLatex(nn.Module):
         # Scaled by sqrt(d_model) on input, unit-scale logits on output through the tied head.
         nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) -> memory (B, h*w, D)."""
+    def encode(
+        self, images: torch.Tensor, widths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, 1, H, W) -> memory (B, h*w, D) and a (B, 1, 1, h*w) mask of the columns that are not batch
+        padding (None without widths: every column counts)."""
         grid = self.encoder(images)  # (B, D, h, w)
         _, d, h, w = grid.shape
         grid = grid + positional_encoding_2d(h, w, d, grid.device).to(grid.dtype)
-        return grid.flatten(2).transpose(1, 2)
+        memory = grid.flatten(2).transpose(1, 2)  # row-major: position r * w + c
+        if widths is None:
+            return memory, None
+        stride = 2**self.cfg.width_pool_stages
+        valid_cols = torch.arange(w, device=grid.device)[None, :] < (widths[:, None] + stride - 1) // stride
+        mask = valid_cols[:, None, :].expand(-1, h, -1).reshape(-1, 1, 1, h * w)
+        return memory, mask
 
     def embed_tokens(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
         t = tokens.shape[1]
@@ -181,19 +218,28 @@ class ImageToLatex(nn.Module):
             self.embed.weight.dtype
         )
 
-    def forward(self, images: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-        """Teacher forcing: images (B,1,H,W), tgt_in (B,L) BOS+ids -> logits (B,L,V)."""
-        memory = self.encode(images)
+    def forward(
+        self, images: torch.Tensor, tgt_in: torch.Tensor, widths: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Teacher forcing: images (B,1,H,W), tgt_in (B,L) BOS+ids, widths (B,) -> logits (B,L,V)."""
+        memory, mask = self.encode(images, widths)
         x = self.embed_tokens(tgt_in)
         for layer in self.layers:
-            x = layer(x, layer.cross_attn.keys_values(memory))
+            x = layer(x, layer.cross_attn.keys_values(memory), mask)
         return self.head(self.norm(x))
 
     @torch.no_grad()
-    def greedy_decode(self, images: torch.Tensor, bos: int, eos: int, max_len: int | None = None) -> list[list[int]]:
+    def greedy_decode(
+        self,
+        images: torch.Tensor,
+        bos: int,
+        eos: int,
+        widths: torch.Tensor | None = None,
+        max_len: int | None = None,
+    ) -> list[list[int]]:
         """Free greedy decoding: stops at EOS or max_len, never looks at a reference. Returns ids without BOS/EOS."""
         limit = min(max_len or self.cfg.max_len, self.cfg.max_len) - 1
-        memory = self.encode(images)
+        memory, mask = self.encode(images, widths)
         memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.layers]
         caches: list[dict[str, torch.Tensor]] = [{} for _ in self.layers]
         batch = images.shape[0]
@@ -202,8 +248,8 @@ class ImageToLatex(nn.Module):
         outputs: list[torch.Tensor] = []
         for position in range(limit):
             x = self.embed_tokens(token, offset=position)
-            for layer, kv, cache in zip(self.layers, memory_kv, caches):
-                x = layer(x, kv, cache)
+            for layer, kv, cache in zip(self.layers, memory_kv, caches, strict=True):
+                x = layer(x, kv, mask, cache)
             token = self.head(self.norm(x[:, -1:])).argmax(dim=-1)  # (B, 1)
             token = token.masked_fill(finished[:, None], eos)
             outputs.append(token)
