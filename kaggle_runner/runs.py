@@ -1,0 +1,258 @@
+"""Run records: one launched kernel version each, under ``$KR_HOME/runs/<run_id>/record.json``.
+
+A record is written only after the backend accepted the push, in one atomic step (the run folder is
+assembled under a temp name and renamed into place), so a failed launch leaves nothing behind. Records are
+refreshed from the backend by ``refresh`` and rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from kaggle_runner.backends.base import Backend, KernelState
+from kaggle_runner.errors import ApiError, KrError, UsageError
+from kaggle_runner.fsutil import atomic_write_json, read_json
+
+STATE_DIR_ENV_VAR = "KR_HOME"
+RECORD_FILE = "record.json"
+KERNEL_FOLDER = "kernel"  # the rendered folder that was pushed, kept for inspection
+OUTPUT_FOLDER = "output"
+# What kr downloads by default (docs/architecture.md §3); --all takes every output file.
+OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
+# Polling a kernel: gentle on Kaggle (rate limits are unpublished), quick on this machine.
+POLL_INTERVAL_S = {"kaggle": 30.0, "local": 1.0}
+DEFAULT_POLL_INTERVAL_S = 30.0
+POLL_ENV_VAR = "KR_POLL_INTERVAL_S"
+_RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
+
+
+def state_dir() -> Path:
+    """kr's state directory: ``$KR_HOME``, else the platform's user data dir."""
+    explicit = os.environ.get(STATE_DIR_ENV_VAR)
+    return Path(explicit) if explicit else Path(platformdirs.user_data_dir("kaggle-runner"))
+
+
+def runs_dir() -> Path:
+    return state_dir() / "runs"
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique enough for one user: ``YYYYmmdd-HHMMSS-xxxx``."""
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    backend: str
+    ref: str  # owner/slug
+    version: int
+    state: str  # a KernelState value
+    epochs: int
+    created: str
+    updated: str
+    accelerator: str | None = None
+    timeout_s: int | None = None
+    url: str | None = None
+    failure_message: str | None = None
+    output_files: list[str] = field(default_factory=list)  # relative to the run's output folder
+    config: dict[str, Any] = field(default_factory=dict)  # the configuration it was launched with
+
+    @property
+    def kernel_state(self) -> KernelState:
+        return KernelState(self.state)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.kernel_state.is_terminal
+
+    @property
+    def folder(self) -> Path:
+        return runs_dir() / self.run_id
+
+    @property
+    def output_dir(self) -> Path:
+        return self.folder / OUTPUT_FOLDER
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ------------------------------------------------------------------------------------------- storage
+
+
+def save_record(record: RunRecord) -> None:
+    atomic_write_json(record.folder / RECORD_FILE, record.to_json())
+
+
+def create_run(record: RunRecord, kernel_folder: Path) -> RunRecord:
+    """Make ``runs/<id>/`` with the pushed kernel folder and the record, appearing all at once."""
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{record.run_id}.", dir=runs_dir()))
+    try:
+        shutil.copytree(kernel_folder, staging / KERNEL_FOLDER)
+        atomic_write_json(staging / RECORD_FILE, record.to_json())
+        os.rename(staging, record.folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return record
+
+
+def _load(path: Path) -> RunRecord | None:
+    try:
+        return RunRecord.from_json(read_json(path))
+    except (OSError, ValueError, TypeError):
+        return None  # a folder that is not a run (a chain, a stray file) or a damaged record
+
+
+def list_records() -> list[RunRecord]:
+    """Every run, newest first. Chains share ``runs/`` but have no record.json, so they are skipped."""
+    if not runs_dir().is_dir():
+        return []
+    found = (_load(path) for path in runs_dir().glob(f"*/{RECORD_FILE}"))
+    return sorted((r for r in found if r is not None), key=lambda r: (r.created, r.run_id), reverse=True)
+
+
+def find_record(query: str | None = None) -> RunRecord:
+    """A run by exact id or unique id prefix; the newest run when ``query`` is None."""
+    records = list_records()
+    if not records:
+        raise UsageError("no runs yet", hint="start one with: kr launch --epochs 1")
+    if query is None:
+        return records[0]
+    exact = [r for r in records if r.run_id == query]
+    matches = exact or [r for r in records if r.run_id.startswith(query)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"no run matches {query!r}", hint="kr status lists the runs")
+    shown = ", ".join(r.run_id for r in matches[:5])
+    raise UsageError(f"{query!r} matches {len(matches)} runs ({shown})", hint="give more of the run id")
+
+
+# ------------------------------------------------------------------------------------- backend calls
+
+
+def refresh(record: RunRecord, backend: Backend) -> RunRecord:
+    """Ask the backend for the run's state; rewrite the record when it changed."""
+    if record.is_terminal:
+        return record
+    status = backend.status(record.ref, record.version)
+    if status.state.value == record.state and status.failure_message == record.failure_message:
+        return record
+    updated = replace(
+        record, state=status.state.value, failure_message=status.failure_message, updated=_now_iso()
+    )
+    save_record(updated)
+    return updated
+
+
+def poll_interval_s(backend_name: str) -> float:
+    override = os.environ.get(POLL_ENV_VAR)
+    if override:
+        try:
+            return max(0.01, float(override))
+        except ValueError:
+            raise UsageError(f"{POLL_ENV_VAR}={override!r} is not a number of seconds") from None
+    return POLL_INTERVAL_S.get(backend_name, DEFAULT_POLL_INTERVAL_S)
+
+
+def wait(
+    record: RunRecord,
+    backend: Backend,
+    *,
+    timeout_s: float | None = None,
+    on_change: Callable[[RunRecord], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> RunRecord:
+    """Poll until the run reaches a terminal state, or ``timeout_s`` passes (then ``ApiError``)."""
+    interval = poll_interval_s(record.backend)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last_state = None
+    while True:
+        record = refresh(record, backend)
+        if record.state != last_state and on_change is not None:
+            on_change(record)
+        last_state = record.state
+        if record.is_terminal:
+            return record
+        if deadline is not None and time.monotonic() + interval > deadline:
+            raise ApiError(
+                f"run {record.run_id} is still {record.state} after {timeout_s:g}s",
+                hint=f"check again later with: kr status {record.run_id}",
+            )
+        sleep(interval)
+
+
+def download(record: RunRecord, backend: Backend, *, all_files: bool = False) -> RunRecord:
+    """Fetch the run's outputs into ``runs/<id>/output``; the previous download stays until this one is whole."""
+    staging = Path(tempfile.mkdtemp(prefix=".output-", dir=record.folder))
+    try:
+        files = backend.download(
+            record.ref, record.version, staging, pattern=None if all_files else OUTPUT_PATTERN
+        )
+        _swap_in(staging, record.output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    names = sorted(Path(path).relative_to(staging).as_posix() for path in files)
+    updated = replace(record, output_files=names, updated=_now_iso())
+    save_record(updated)
+    return updated
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def follow_logs(record: RunRecord, backend: Backend) -> Iterator[str]:
+    """Live lines while the run is going; the whole log once when it has ended."""
+    record = refresh(record, backend)
+    if record.is_terminal:
+        yield from backend.logs(record.ref, record.version).splitlines()
+    else:
+        yield from backend.follow_logs(record.ref, record.version)
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr: stdout carries results only."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def describe_failure(record: RunRecord) -> KrError:
+    message = f"run {record.run_id} ({record.ref} v{record.version}) ended {record.state}"
+    if record.failure_message:
+        message += f": {record.failure_message}"
+    return KrError(message, hint=f"read its log with: kr logs {record.run_id}")
+
+
+def is_run_id(text: str) -> bool:
+    return bool(_RUN_ID_RE.match(text))
