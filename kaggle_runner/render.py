@@ -1,0 +1,249 @@
+"""Render a kernel folder (``script.py`` + ``kernel-metadata.json``) from the configuration and a session spec.
+
+The script is self-contained (it embeds the trainer of this checkout as a deterministic tar.gz) and rendering
+is reproducible: the same checkout, configuration and session spec give byte-identical files
+(docs/architecture.md §3). Nothing secret is an input of rendering, so nothing secret can come out of it.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import inspect
+import io
+import json
+import re
+import tarfile
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from kaggle_runner import __version__, resources
+from kaggle_runner.config import (
+    CPU_ACCELERATOR,
+    DATASET_SLUG_LEN,
+    GPU_SESSION_LIMIT_S,
+    KrConfig,
+    resolve_username,
+)
+from kaggle_runner.errors import KrError, UsageError
+from kaggle_runner.fsutil import atomic_write_text
+from kaggle_runner.marker import LOG_FILE, MANIFEST_MEMBER, MARKER_FILE, TARBALL_FILE, Marker, marker_problem
+
+SCRIPT_FILE = "script.py"
+KERNEL_METADATA_FILE = "kernel-metadata.json"
+DATASET_METADATA_FILE = "dataset-metadata.json"
+KERNEL_TEMPLATE = "kernel.py.j2"
+# What kr downloads from a finished session (docs/architecture.md §3).
+OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
+# Modules the trainer imports that a Kaggle image may lack (module -> pip requirement). torch and
+# torchvision are left out on purpose: the image's builds match its CUDA, a pip upgrade would not.
+KERNEL_REQUIREMENTS = {
+    "datasets": "datasets>=2.18",
+    "editdistance": "editdistance>=0.8",
+    "matplotlib": "matplotlib>=3.8",
+    "numpy": "numpy>=1.26",
+    "PIL": "pillow>=10",
+    "pyarrow": "pyarrow>=15",
+}
+# Files of the trainer package that are build leftovers, not source.
+_SKIPPED_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+_SKIPPED_SUFFIXES = (".pyc", ".pyo")
+_CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*(/[0-9]+)?$")
+_B64_LINE = 100
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    """What differs between the sessions of a chain. ``budget_s`` / ``epochs`` default to the config's."""
+
+    chain_id: str
+    session: int
+    expect: Marker | None = None  # the previous session's checkpoint (chain, k-1, sha256); None: fresh start
+    dataset_sources: tuple[str, ...] = ()  # "owner/slug" datasets to mount
+    budget_s: float | None = None
+    epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class RenderedKernel:
+    folder: Path
+    script_path: Path
+    metadata: dict[str, Any]  # kernel-metadata.json as written
+    trainer_sha256: str  # sha256 of the embedded trainer archive
+
+
+def deadline_margin_s(budget_s: float) -> float:
+    """Seconds kept between the trainer's deadline and the end of the budget: 5 %, at most 5 minutes."""
+    return round(min(300.0, 0.05 * budget_s), 3)
+
+
+def trainer_archive(source_dir: Path | None = None) -> bytes:
+    """The trainer package as a reproducible tar.gz: sorted members, mtime 0, owner 0, gzip mtime 0."""
+    source_dir = Path(source_dir) if source_dir is not None else resources.trainer_source_dir()
+    if not (source_dir / "__main__.py").is_file():
+        raise KrError(f"{source_dir} is not a runnable trainer package (no __main__.py)", "reinstall kr")
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in _trainer_files(source_dir):
+            archive.addfile(*_tar_entry(path, f"trainer/{path.relative_to(source_dir).as_posix()}"))
+    compressed = io.BytesIO()
+    with gzip.GzipFile(filename="", fileobj=compressed, mode="wb", compresslevel=9, mtime=0) as handle:
+        handle.write(raw.getvalue())
+    return compressed.getvalue()
+
+
+def _trainer_files(source_dir: Path) -> list[Path]:
+    files = []
+    for path in source_dir.rglob("*"):
+        parts = path.relative_to(source_dir).parts
+        if any(part in _SKIPPED_DIRS for part in parts) or path.suffix in _SKIPPED_SUFFIXES:
+            continue
+        if path.is_file():
+            files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(source_dir).as_posix())
+
+
+def _tar_entry(path: Path, name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    data = path.read_bytes()
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info, io.BytesIO(data)
+
+
+def _environment(folder: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(folder)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["py"] = repr  # Python literals of str/int/float/bool/None/list/dict: deterministic
+    return env
+
+
+def _check_spec(config: KrConfig, spec: SessionSpec) -> tuple[float, int]:
+    if not _CHAIN_ID_RE.match(spec.chain_id):
+        raise UsageError(f"chain id {spec.chain_id!r} is not allowed: letters, digits, '.', '_' or '-'")
+    if spec.session < 0:
+        raise UsageError(f"session {spec.session} is not allowed: 0 or more")
+    for source in spec.dataset_sources:
+        if not _SOURCE_RE.match(source):
+            raise UsageError(f"dataset source {source!r} is not allowed: owner/slug or owner/slug/version")
+    budget = float(spec.budget_s if spec.budget_s is not None else config.session_budget_s)
+    if not 0 < budget <= GPU_SESSION_LIMIT_S:
+        raise UsageError(
+            f"session budget {budget!r} s is not allowed: more than 0, at most {GPU_SESSION_LIMIT_S}"
+        )
+    epochs = spec.epochs if spec.epochs is not None else config.epochs_per_session
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise UsageError(f"epochs {epochs!r} is not allowed: a whole number of 1 or more")
+    return budget, epochs
+
+
+def kernel_owner(config: KrConfig) -> str:
+    """The account in the kernel's id: ``local`` for the local backend unless a username is configured."""
+    if config.username:
+        return config.username
+    return "local" if config.backend == "local" else resolve_username(config)
+
+
+def render_script(config: KrConfig, spec: SessionSpec, *, trainer_dir: Path | None = None) -> tuple[str, str]:
+    """The kernel script's text and the sha256 of the trainer archive it embeds."""
+    budget, epochs = _check_spec(config, spec)
+    archive = trainer_archive(trainer_dir)
+    digest = hashlib.sha256(archive).hexdigest()
+    expect = None
+    if spec.expect is not None:
+        expect = {"chain": spec.expect.chain, "session": spec.expect.session, "sha256": spec.expect.sha256}
+    context = {
+        "kr_version": __version__,
+        "chain_id": spec.chain_id,
+        "session": spec.session,
+        "expect": expect,
+        "dataset_sources": list(spec.dataset_sources),
+        "budget_s": budget,
+        "deadline_margin_s": deadline_margin_s(budget),
+        "epochs": epochs,
+        "trainer_args": config.trainer.to_argv(),
+        "internet": config.internet,
+        "requirements": KERNEL_REQUIREMENTS,
+        "marker_file": MARKER_FILE,
+        "tarball_file": TARBALL_FILE,
+        "log_file": LOG_FILE,
+        "manifest_member": MANIFEST_MEMBER,
+        "marker_problem_source": textwrap.dedent(inspect.getsource(marker_problem)).rstrip(),
+        "trainer_sha256": digest,
+        "trainer_b64": "\n".join(textwrap.wrap(base64.b64encode(archive).decode("ascii"), _B64_LINE)),
+    }
+    template = _environment(resources.templates_dir()).get_template(KERNEL_TEMPLATE)
+    return template.render(context), digest
+
+
+def kernel_metadata(config: KrConfig, spec: SessionSpec, owner: str) -> dict[str, Any]:
+    """kernel-metadata.json for this session, rendered from its template."""
+    shape = config.effective_accelerator
+    context = {
+        "ref": f"{owner}/{config.kernel_slug}",
+        "title": config.kernel_title,
+        "code_file": SCRIPT_FILE,
+        "private": config.private,
+        "enable_gpu": config.uses_gpu,
+        "enable_tpu": config.uses_tpu,
+        "internet": config.internet,
+        "dataset_sources": list(spec.dataset_sources),
+        "machine_shape": None if shape == CPU_ACCELERATOR else shape,
+    }
+    template = _environment(resources.kernel_metadata_dir()).get_template(KERNEL_METADATA_FILE + ".j2")
+    return json.loads(template.render(context))
+
+
+def render_kernel(
+    config: KrConfig,
+    out_dir: Path,
+    *,
+    session: SessionSpec,
+    owner: str | None = None,
+    trainer_dir: Path | None = None,
+) -> RenderedKernel:
+    """Write ``out_dir/script.py`` and ``out_dir/kernel-metadata.json`` for one session of a chain.
+
+    ``owner`` defaults to ``kernel_owner(config)``; ``trainer_dir`` to the trainer package of this checkout.
+    """
+    owner = owner or kernel_owner(config)
+    script, digest = render_script(config, session, trainer_dir=trainer_dir)
+    metadata = kernel_metadata(config, session, owner)
+    folder = Path(out_dir)
+    script_path = folder / SCRIPT_FILE
+    atomic_write_text(script_path, script)
+    atomic_write_text(folder / KERNEL_METADATA_FILE, json.dumps(metadata, indent=2) + "\n")
+    return RenderedKernel(folder=folder, script_path=script_path, metadata=metadata, trainer_sha256=digest)
+
+
+def render_dataset_metadata(folder: Path, ref: str, title: str) -> Path:
+    """Write ``folder/dataset-metadata.json`` for the checkpoint dataset ``ref`` (owner/slug)."""
+    owner, _, slug = ref.partition("/")
+    low, high = DATASET_SLUG_LEN
+    if not owner or not _SOURCE_RE.match(ref) or ref.count("/") != 1 or not low <= len(slug) <= high:
+        raise UsageError(f"dataset {ref!r} is not allowed: owner/slug with a slug of {low}-{high} characters")
+    if not low <= len(title) <= high:
+        raise UsageError(f"dataset title {title!r} is not allowed: {low}-{high} characters")
+    context = {
+        "ref": ref,
+        "title": title,
+        "subtitle": "Checkpoints and training log of a kr chain",
+        "license": "unknown",
+    }
+    template = _environment(resources.kernel_metadata_dir()).get_template(DATASET_METADATA_FILE + ".j2")
+    path = Path(folder) / DATASET_METADATA_FILE
+    atomic_write_text(path, json.dumps(json.loads(template.render(context)), indent=2) + "\n")
+    return path
