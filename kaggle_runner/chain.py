@@ -1,0 +1,1289 @@
+"""The chain: N training sessions in a row, each resuming from the checkpoint the previous one published.
+
+The chain is an explicit state machine (``ChainState``) persisted atomically in
+``$KR_HOME/runs/<chain_id>/chain.json`` at every transition, so that a ``kr chain`` killed at any line
+(Ctrl-C, SIGKILL, reboot) and started again continues the same chain: it re-attaches to a running kernel,
+finds out whether an interrupted push went through (``latest_version`` against the version recorded before
+the push) instead of pushing a duplicate, and redoes an interrupted download or publish. The diagram is in
+``kaggle_runner/README.md``.
+
+Per session: check the quota -> render -> record intent -> push -> poll -> download + verify -> publish
+``checkpoints.tar.gz``, ``training.log`` and ``kr-marker.json`` as a new dataset version -> wait until the
+dataset is ready at a higher version -> next session, mounting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from kaggle_runner.backends.base import (
+    Backend,
+    DatasetInfo,
+    KernelState,
+    KernelStatus,
+    PushRefused,
+    PushRequest,
+    Quota,
+)
+from kaggle_runner.errors import ApiError, KrError, UsageError
+from kaggle_runner.fsutil import atomic_write_json, read_json, sha256_file
+
+FORMAT_VERSION = 1
+
+# Outputs kr downloads from a finished session (architecture.md §3).
+OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
+TARBALL = "checkpoints.tar.gz"
+TRAINING_LOG = "training.log"
+RUN_JSON = "run.json"
+MARKER = "kr-marker.json"
+STALE_INPUT_TOKEN = "KR_STALE_INPUT"
+STALE_INPUT_EXIT_CODE = 3
+
+# Waiting on the kernel: Kaggle sessions last hours, polling faster only spends rate limit.
+POLL_INITIAL_S = 30.0
+POLL_MAX_S = 300.0
+POLL_GROWTH = 1.5
+# Transient API errors that escaped the backend's own retries: back off, then give up (state kept).
+API_BACKOFF_INITIAL_S = 15.0
+API_BACKOFF_MAX_S = 600.0
+API_MAX_ATTEMPTS = 8
+# "Maximum batch GPU session count reached": another session holds the slot; it ends within 12 h.
+GPU_SLOT_WAIT_S = 600.0
+GPU_SLOT_MAX_WAIT_S = 13 * 3600.0
+# A kernel that mounted an older dataset version: give Kaggle time to serve the new one, then relaunch.
+STALE_INPUT_WAIT_S = 180.0
+MAX_STALE_RELAUNCHES = 5
+# Publishing: how often to look at the dataset and how long "processing" may take before giving up.
+DATASET_POLL_S = 20.0
+DATASET_READY_TIMEOUT_S = 2 * 3600.0
+# Weekly quota: recheck this often when the backend does not say when it resets.
+QUOTA_RECHECK_S = 3600.0
+# A session shorter than this is not worth the start-up cost: below it the quota counts as exhausted.
+MIN_SESSION_BUDGET_S = 1800.0
+# Kept free between the quota left and the budget asked for, since the kernel's start-up also counts.
+QUOTA_MARGIN_S = 300.0
+# A session killed at the time limit is retried with its budget multiplied by this, at most this often.
+TIME_LIMIT_BUDGET_FACTOR = 0.75
+MAX_TIME_LIMIT_RETRIES = 2
+# A kernel that ran this fraction of its timeout and ended in ERROR without run.json hit the time limit.
+TIME_LIMIT_FRACTION = 0.95
+# Pause before relaunching a kernel that failed, so that a crash loop does not burn the quota at once.
+RETRY_DELAY_S = 60.0
+# Downloads whose files do not verify are fetched again this often before the session counts as failed.
+DOWNLOAD_ATTEMPTS = 3
+LOG_EXCERPT_LINES = 25
+HISTORY_LIMIT = 500
+
+T = TypeVar("T")
+
+
+class ChainState(str, enum.Enum):
+    """Where a chain stands. Session-scoped states apply to ``ChainRecord.session``."""
+
+    NEW = "new"  # chain.json written, no session begun
+    CHECKING_QUOTA = "checking_quota"  # comparing the weekly GPU quota left with the session's budget
+    RENDERING = "rendering"  # writing the session's kernel folder
+    PUSHING = "pushing"  # intent + pre-push version recorded; the push may or may not have gone through
+    RUNNING = "running"  # the pushed version is known; polling it until it ends
+    DOWNLOADING = "downloading"  # the kernel completed; fetching and verifying its outputs
+    PUBLISHING = "publishing"  # outputs verified; uploading them as a new checkpoint dataset version
+    WAITING_DATASET = "waiting_dataset"  # uploaded; waiting for "ready" at a higher version number
+    WAITING_GPU_SLOT = "waiting_gpu_slot"  # push refused: the account's concurrent GPU sessions are in use
+    WAITING_QUOTA = "waiting_quota"  # weekly quota too low; waiting for its reset (--wait-for-quota)
+    WAITING_STALE_INPUT = "waiting_stale_input"  # the kernel mounted an older dataset version; relaunch soon
+    WAITING_RETRY = "waiting_retry"  # the kernel failed; pausing before the next attempt
+    SUCCEEDED = "succeeded"  # every session done (or --until-epoch reached); final model published
+    FAILED_KERNEL = "failed_kernel"  # the kernel kept failing: more than --max-retries errors
+    FAILED_TIME_LIMIT = "failed_time_limit"  # killed at the time limit even with shorter budgets
+    FAILED_QUOTA = "failed_quota"  # weekly GPU quota exhausted and not waiting for its reset
+    FAILED_DATASET = "failed_dataset"  # the checkpoint dataset stayed in processing past the timeout
+    FAILED_STALE_INPUT = "failed_stale_input"  # the kernel kept mounting an old dataset version
+    FAILED_REFUSED = "failed_refused"  # the backend refused the push for a reason waiting does not fix
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def is_failed(self) -> bool:
+        return self in FAILED_STATES
+
+    @property
+    def is_waiting(self) -> bool:
+        return self in WAITING_STATES
+
+
+FAILED_STATES = frozenset(
+    {
+        ChainState.FAILED_KERNEL,
+        ChainState.FAILED_TIME_LIMIT,
+        ChainState.FAILED_QUOTA,
+        ChainState.FAILED_DATASET,
+        ChainState.FAILED_STALE_INPUT,
+        ChainState.FAILED_REFUSED,
+    }
+)
+TERMINAL_STATES = FAILED_STATES | {ChainState.SUCCEEDED}
+# States that sleep until ``ChainRecord.wait_until`` and then go back to CHECKING_QUOTA.
+WAITING_STATES = frozenset(
+    {
+        ChainState.WAITING_GPU_SLOT,
+        ChainState.WAITING_QUOTA,
+        ChainState.WAITING_STALE_INPUT,
+        ChainState.WAITING_RETRY,
+    }
+)
+
+
+class FailureKind(str, enum.Enum):
+    """Why a pushed kernel version did not complete; each kind has its own retry policy."""
+
+    KERNEL_ERROR = "kernel_error"  # user code failed: counts against --max-retries
+    TIME_LIMIT = "time_limit"  # killed at the session limit without outputs: retried with a shorter budget
+    STALE_INPUT = "stale_input"  # mounted an older checkpoint version: relaunched, not the user's fault
+    BAD_OUTPUTS = "bad_outputs"  # completed, but its outputs never verified: counts like a kernel error
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every interval, backoff and timeout the chain uses. Tests pass ``Timing().scaled(0.001)``."""
+
+    poll_initial_s: float = POLL_INITIAL_S
+    poll_max_s: float = POLL_MAX_S
+    api_backoff_initial_s: float = API_BACKOFF_INITIAL_S
+    api_backoff_max_s: float = API_BACKOFF_MAX_S
+    gpu_slot_wait_s: float = GPU_SLOT_WAIT_S
+    gpu_slot_max_wait_s: float = GPU_SLOT_MAX_WAIT_S
+    stale_input_wait_s: float = STALE_INPUT_WAIT_S
+    dataset_poll_s: float = DATASET_POLL_S
+    dataset_ready_timeout_s: float = DATASET_READY_TIMEOUT_S
+    quota_recheck_s: float = QUOTA_RECHECK_S
+    retry_delay_s: float = RETRY_DELAY_S
+    poll_growth: float = POLL_GROWTH
+    api_max_attempts: int = API_MAX_ATTEMPTS
+    max_stale_relaunches: int = MAX_STALE_RELAUNCHES
+    max_time_limit_retries: int = MAX_TIME_LIMIT_RETRIES
+    download_attempts: int = DOWNLOAD_ATTEMPTS
+
+    def scaled(self, factor: float) -> Timing:
+        """The same policy with every duration (``*_s`` field) multiplied by ``factor``."""
+        durations = {
+            f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.name.endswith("_s")
+        }
+        return dataclasses.replace(self, **durations)
+
+
+class Clock(Protocol):
+    def time(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    """Wall-clock time: deadlines are persisted, so they must survive a restart of the process."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
+
+
+# --------------------------------------------------------------------------------------------- records
+
+
+@dataclass
+class ChainSpec:
+    """What the chain was asked to do; fixed at creation except ``sessions`` (a rerun may extend it)."""
+
+    chain_id: str
+    backend: str
+    kernel_ref: str  # owner/slug of the kernel every session pushes a version of
+    dataset_ref: str  # owner/slug of the checkpoint dataset every session publishes a version of
+    sessions: int
+    session_budget_s: float
+    epochs_per_session: int | None = None
+    until_epoch: int | None = None
+    max_retries: int = 2
+    wait_for_quota: bool = False
+    accelerator: str | None = None
+    config_path: str | None = None
+
+
+@dataclass
+class Attempt:
+    """One push of a session's kernel (a session needs more than one when a kernel fails)."""
+
+    number: int
+    reason: str  # why it exists: "first", or the FailureKind / event that caused it
+    budget_s: float  # rendered into the kernel: the trainer stops in time for it
+    timeout_s: int  # sessionTimeoutSeconds at push: the backend's hard kill
+    pre_push_version: int | None = None
+    version: int | None = None
+    pushed_at: float | None = None
+    running_at: float | None = None
+    ended_at: float | None = None
+    kernel_state: str | None = None
+    outcome: str | None = None  # "complete" or a FailureKind value
+    failure_message: str | None = None
+    log_excerpt: str | None = None
+
+
+@dataclass
+class SessionRecord:
+    index: int  # 1-based
+    attempts: list[Attempt] = field(default_factory=list)
+    outputs: dict[str, str] = field(default_factory=dict)  # file name -> sha256
+    pre_publish_version: int | None = None
+    publish_started_at: float | None = None
+    dataset_version: int | None = None
+    epoch: int | None = None
+    step: int | None = None
+    stop_reason: str | None = None
+    best: dict[str, Any] | None = None
+    gpu_seconds: float = 0.0
+    kr_seconds: float = 0.0  # kr's own time, not spent waiting on the backend or sleeping
+    started_at: float | None = None
+    finished_at: float | None = None
+    error_retries: int = 0
+    time_limit_retries: int = 0
+    stale_relaunches: int = 0
+    gpu_wait_started_at: float | None = None
+
+    @property
+    def attempt(self) -> Attempt:
+        return self.attempts[-1]
+
+
+@dataclass
+class ChainRecord:
+    spec: ChainSpec
+    state: ChainState = ChainState.NEW
+    session: int = 0  # index of the current session, 0 before the first
+    sessions: list[SessionRecord] = field(default_factory=list)
+    wait_until: float | None = None
+    message: str | None = None  # why the chain stopped or waits, for people
+    halted: str | None = None  # the error that stopped the last ``kr chain`` process, if any
+    history: list[dict[str, Any]] = field(default_factory=list)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def current(self) -> SessionRecord:
+        return self.sessions[self.session - 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ChainRecord:
+        sessions = [
+            _build(SessionRecord, {**s, "attempts": [_build(Attempt, a) for a in s.get("attempts", [])]})
+            for s in data.get("sessions", [])
+        ]
+        record = _build(cls, {**data, "spec": _build(ChainSpec, data["spec"]), "sessions": sessions})
+        record.state = ChainState(data["state"])
+        return record
+
+
+def _build(kind: type[T], data: dict[str, Any]) -> T:
+    """A dataclass from a dict, ignoring keys a newer kr may have added."""
+    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+    return kind(**{k: v for k, v in data.items() if k in names})
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+def kr_home() -> Path:
+    """kr's state directory: ``$KR_HOME`` or the platform's user data folder."""
+    env = os.environ.get("KR_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("kaggle-runner"))
+
+
+def chain_dir(chain_id: str, home: Path | None = None) -> Path:
+    return (home or kr_home()) / "runs" / chain_id
+
+
+def chain_file(chain_id: str, home: Path | None = None) -> Path:
+    return chain_dir(chain_id, home) / "chain.json"
+
+
+def save_chain(record: ChainRecord, home: Path | None = None) -> None:
+    atomic_write_json(chain_file(record.spec.chain_id, home), record.to_dict())
+
+
+def load_chain(chain_id: str, home: Path | None = None) -> ChainRecord:
+    path = chain_file(chain_id, home)
+    if not path.is_file():
+        raise UsageError(
+            f"no chain {chain_id!r} under {path.parent.parent}", hint="`kr status` lists the chains"
+        )
+    try:
+        return ChainRecord.from_dict(read_json(path))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise KrError(f"{path} is not a chain state file kr can read ({exc})") from None
+
+
+def list_chains(home: Path | None = None) -> list[ChainRecord]:
+    """Every readable chain under ``runs/``, oldest first."""
+    runs = (home or kr_home()) / "runs"
+    records = []
+    for path in sorted(runs.glob("*/chain.json")) if runs.is_dir() else []:
+        try:
+            records.append(ChainRecord.from_dict(read_json(path)))
+        except (ValueError, KeyError, TypeError, OSError):
+            continue  # a foreign or damaged file must not hide the other chains
+    return sorted(records, key=lambda r: r.created_at)
+
+
+def new_chain_id(clock: Clock | None = None) -> str:
+    stamp = datetime.fromtimestamp((clock or SystemClock()).time(), tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"chain-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_chain(spec: ChainSpec, home: Path | None = None, clock: Clock | None = None) -> ChainRecord:
+    now = (clock or SystemClock()).time()
+    if chain_file(spec.chain_id, home).exists():
+        raise UsageError(
+            f"chain {spec.chain_id!r} already exists", hint=f"`kr chain --chain {spec.chain_id}` continues it"
+        )
+    record = ChainRecord(spec=spec, created_at=now, updated_at=now)
+    save_chain(record, home)
+    return record
+
+
+def find_resumable(home: Path | None, *, backend: str, kernel_ref: str) -> ChainRecord | None:
+    """The newest unfinished chain driving this kernel on this backend: rerunning ``kr chain`` continues it."""
+    candidates = [
+        r
+        for r in list_chains(home)
+        if r.spec.backend == backend
+        and r.spec.kernel_ref == kernel_ref
+        and r.state is not ChainState.SUCCEEDED
+    ]
+    return candidates[-1] if candidates else None
+
+
+@contextmanager
+def chain_lock(chain_id: str, home: Path | None = None) -> Iterator[None]:
+    """Hold the chain's lock: two ``kr chain`` processes never drive the same chain. The OS frees it when
+    the holder dies, so a SIGKILL or a reboot never leaves it stuck."""
+    from filelock import FileLock, Timeout
+
+    path = chain_dir(chain_id, home) / "chain.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise KrError(
+            f"chain {chain_id} is already being driven by another kr chain process",
+            hint="wait for it, or stop it first; `kr status` shows where it stands",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def is_locked(chain_id: str, home: Path | None = None) -> bool:
+    """Whether a ``kr chain`` process is driving the chain right now."""
+    from filelock import FileLock, Timeout
+
+    path = chain_dir(chain_id, home) / "chain.lock"
+    if not path.exists():
+        return False
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+
+class OutputsInvalid(KrError):
+    """Downloaded outputs that do not verify."""
+
+
+@dataclass(frozen=True)
+class VerifiedOutputs:
+    sha256: dict[str, str]  # file name -> sha256
+    run: dict[str, Any]  # run.json
+
+
+def verify_outputs(folder: Path, *, chain_id: str, session: int) -> VerifiedOutputs:
+    """Check a session's downloaded outputs: the three files, run.json of *this* session with exit code 0,
+    and a tarball that reads and whose members match its MANIFEST."""
+    for name in (TARBALL, TRAINING_LOG, RUN_JSON):
+        if not (folder / name).is_file():
+            raise OutputsInvalid(f"{name} is missing from the outputs")
+    run = _read_run_json(folder / RUN_JSON)
+    if run.get("chain") not in (None, chain_id) or run.get("session") not in (None, session):
+        raise OutputsInvalid(f"run.json belongs to chain {run.get('chain')} session {run.get('session')}")
+    if run.get("exit_code") not in (None, 0):
+        raise OutputsInvalid(f"run.json says the trainer exited with {run.get('exit_code')}")
+    verify_tarball(folder / TARBALL)
+    sha = {name: sha256_file(folder / name) for name in (TARBALL, TRAINING_LOG, RUN_JSON)}
+    return VerifiedOutputs(sha256=sha, run=run)
+
+
+def _read_run_json(path: Path) -> dict[str, Any]:
+    try:
+        run = read_json(path)
+    except (ValueError, OSError) as exc:
+        raise OutputsInvalid(f"run.json does not parse ({exc})") from None
+    if not isinstance(run, dict):
+        raise OutputsInvalid("run.json is not an object")
+    return run
+
+
+def verify_tarball(path: Path) -> None:
+    """The tarball reads to the end, holds ``checkpoints/last.pth.tar`` and every file its MANIFEST lists
+    has the sha256 the MANIFEST says."""
+    digests: dict[str, str] = {}
+    manifest: dict[str, Any] | None = None
+    try:
+        with tarfile.open(path, "r:gz") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                data = archive.extractfile(member)
+                assert data is not None  # a regular file always has data
+                if member.name.endswith("MANIFEST.json"):
+                    manifest = json.loads(data.read())
+                else:
+                    digests[member.name] = _sha256_stream(data)
+    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
+        raise OutputsInvalid(f"{path.name} does not read as a tar.gz ({exc})") from None
+    if "checkpoints/last.pth.tar" not in digests:
+        raise OutputsInvalid(f"{path.name} holds no checkpoints/last.pth.tar")
+    _check_manifest(manifest, digests, path.name)
+
+
+def _check_manifest(manifest: dict[str, Any] | None, digests: dict[str, str], tar_name: str) -> None:
+    if manifest is None:
+        return  # an older trainer wrote no manifest: readable is all we can check
+    by_base = {Path(name).name: sha for name, sha in digests.items()}
+    for name, expected in (manifest.get("files") or {}).items():
+        actual = digests.get(name) or by_base.get(Path(name).name)
+        if actual != expected:
+            raise OutputsInvalid(f"{tar_name}: {name} does not match its MANIFEST sha256")
+
+
+def _sha256_stream(handle: Any) -> str:
+    digest = hashlib.sha256()
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def classify_failure(
+    status: KernelStatus, log_text: str, run: dict[str, Any] | None, *, ran_s: float | None, timeout_s: float
+) -> FailureKind:
+    """Why a kernel version ended without completing. Pure, so every branch is tested directly."""
+    if STALE_INPUT_TOKEN in log_text or STALE_INPUT_TOKEN in (status.failure_message or ""):
+        return FailureKind.STALE_INPUT
+    if run is not None and run.get("exit_code") == STALE_INPUT_EXIT_CODE:
+        return FailureKind.STALE_INPUT
+    if run is None and _looks_like_time_limit(status.failure_message, ran_s, timeout_s):
+        return FailureKind.TIME_LIMIT
+    return FailureKind.KERNEL_ERROR
+
+
+_TIME_LIMIT_WORDS = re.compile(
+    r"time ?limit|timeout|timed out|exceeded .*(time|hours|seconds)", re.IGNORECASE
+)
+
+
+def _looks_like_time_limit(message: str | None, ran_s: float | None, timeout_s: float) -> bool:
+    if message and _TIME_LIMIT_WORDS.search(message):
+        return True
+    return ran_s is not None and ran_s >= TIME_LIMIT_FRACTION * timeout_s
+
+
+def log_excerpt(text: str, lines: int = LOG_EXCERPT_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------- rendering
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """What one session's kernel must do; the renderer turns it into a kernel folder."""
+
+    chain_id: str
+    session: int
+    expect: dict[str, Any] | None  # marker of the previous session the kernel must find, None for the first
+    dataset_sources: tuple[str, ...]  # the checkpoint dataset to mount (empty for the first session)
+    budget_s: float
+    epochs: int | None
+
+
+Renderer = Callable[[SessionRequest, Path], None]
+Notify = Callable[[dict[str, Any]], None]
+Echo = Callable[[str], None]
+
+
+# --------------------------------------------------------------------------------------------- runner
+
+
+class ChainRunner:
+    """Drives one chain from its persisted state to a terminal state. Create it under ``chain_lock``."""
+
+    def __init__(
+        self,
+        record: ChainRecord,
+        backend: Backend,
+        renderer: Renderer,
+        *,
+        home: Path | None = None,
+        timing: Timing | None = None,
+        clock: Clock | None = None,
+        notify: Notify | None = None,
+        echo: Echo | None = None,
+        follow_logs: bool = False,
+    ) -> None:
+        self.record = record
+        self.backend = backend
+        self.renderer = renderer
+        self.home = home or kr_home()
+        self.timing = timing or Timing()
+        self.clock = clock or SystemClock()
+        self.notify = notify or (lambda event: None)
+        self.echo = echo or (lambda line: None)
+        self.follow_logs = follow_logs
+        self._entered_here = False  # whether this process made the last transition (no resume checks then)
+        self._waited_s = 0.0  # time spent in the backend or asleep during the current step
+
+    @property
+    def spec(self) -> ChainSpec:
+        return self.record.spec
+
+    @property
+    def dir(self) -> Path:
+        return chain_dir(self.spec.chain_id, self.home)
+
+    def session_dir(self, index: int | None = None) -> Path:
+        return self.dir / f"session-{index or self.record.session}"
+
+    # -- main loop
+
+    def run(self) -> ChainRecord:
+        """Step until a terminal state. API errors that outlast the backoff escape as ``ApiError`` with the
+        state kept, so that the next ``kr chain`` continues from the same step."""
+        self._reopen_if_finished()
+        handlers = self._handlers()
+        try:
+            while not self.record.state.is_terminal:
+                self._timed_step(handlers[self.record.state])
+        except KrError as exc:
+            self.record.halted = exc.message
+            self._save()
+            raise
+        return self.record
+
+    def _timed_step(self, handler: Callable[[], None]) -> None:
+        started, self._waited_s = self.clock.time(), 0.0
+        session = self.record.session
+        handler()
+        if session:
+            own = max(0.0, self.clock.time() - started - self._waited_s)
+            self.record.sessions[session - 1].kr_seconds += own
+
+    def _handlers(self) -> dict[ChainState, Callable[[], None]]:
+        waiting = {state: self._wait for state in WAITING_STATES}
+        return {
+            ChainState.NEW: self._start,
+            ChainState.CHECKING_QUOTA: self._check_quota,
+            ChainState.RENDERING: self._render,
+            ChainState.PUSHING: self._push,
+            ChainState.RUNNING: self._poll_kernel,
+            ChainState.DOWNLOADING: self._download,
+            ChainState.PUBLISHING: self._publish,
+            ChainState.WAITING_DATASET: self._wait_dataset,
+            **waiting,
+        }
+
+    # -- transitions
+
+    def _transition(self, state: ChainState, reason: str, *, message: str | None = None) -> None:
+        previous = self.record.state
+        now = self.clock.time()
+        self.record.state = state
+        self.record.message = message
+        self.record.halted = None
+        self.record.updated_at = now
+        self.record.history.append(
+            {
+                "at": now,
+                "session": self.record.session,
+                "from": previous.value,
+                "to": state.value,
+                "reason": reason,
+            }
+        )
+        del self.record.history[:-HISTORY_LIMIT]
+        self._save()
+        self._entered_here = True
+        self.echo(self._progress_line(state, reason, message))
+        self._notify(previous, state, reason, message)
+
+    def _save(self) -> None:
+        save_chain(self.record, self.home)
+
+    def _progress_line(self, state: ChainState, reason: str, message: str | None) -> str:
+        where = f"session {self.record.session}/{self.spec.sessions}" if self.record.session else "chain"
+        return f"[{self.spec.chain_id}] {where}: {state.value} ({message or reason})"
+
+    def _notify(self, previous: ChainState, state: ChainState, reason: str, message: str | None) -> None:
+        event = {
+            "event": "chain.state",
+            "chain": self.spec.chain_id,
+            "backend": self.spec.backend,
+            "kernel": self.spec.kernel_ref,
+            "session": self.record.session,
+            "sessions": self.spec.sessions,
+            "state": state.value,
+            "previous": previous.value,
+            "reason": reason,
+            "message": message,
+            "terminal": state.is_terminal,
+            "failed": state.is_failed,
+            "at": self.clock.time(),
+        }
+        try:
+            self.notify(event)
+        except Exception as exc:  # noqa: BLE001 - a notification must never stop the chain
+            self.echo(f"notification failed: {exc}")
+
+    # -- backend calls
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """One backend call, retried with backoff on transient errors (``ApiError`` that is not a refusal,
+        network ``OSError``); after ``api_max_attempts`` the error escapes with the state kept."""
+        delay = self.timing.api_backoff_initial_s
+        for attempt in range(1, self.timing.api_max_attempts + 1):
+            try:
+                return self._timed_call(call)
+            except PushRefused:
+                raise
+            except (ApiError, OSError) as exc:
+                if attempt == self.timing.api_max_attempts:
+                    raise ApiError(f"{what} kept failing: {_short(exc)}", hint=self._resume_hint()) from None
+                self.echo(f"{what} failed ({_short(exc)}); retrying in {delay:.0f}s")
+                self._sleep(delay)
+                delay = min(delay * 2, self.timing.api_backoff_max_s)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, call: Callable[[], T]) -> T | None:
+        """A best-effort call (logs, outputs of a failed kernel): None when it fails."""
+        try:
+            return self._timed_call(call)
+        except (KrError, OSError):
+            return None
+
+    def _timed_call(self, call: Callable[[], T]) -> T:
+        started = self.clock.time()
+        try:
+            return call()
+        finally:
+            self._waited_s += self.clock.time() - started
+
+    def _sleep(self, seconds: float) -> None:
+        started = self.clock.time()
+        self.clock.sleep(seconds)
+        self._waited_s += self.clock.time() - started
+
+    def _resume_hint(self) -> str:
+        return f"the chain's state is kept: `kr chain --chain {self.spec.chain_id}` continues it"
+
+    # -- state handlers
+
+    def _start(self) -> None:
+        self._begin_session(1)
+
+    def _begin_session(self, index: int) -> None:
+        self.record.session = index
+        if len(self.record.sessions) < index:
+            session = SessionRecord(index=index, started_at=self.clock.time())
+            session.attempts.append(self._attempt(1, "first", self.spec.session_budget_s))
+            self.record.sessions.append(session)
+        self._transition(ChainState.CHECKING_QUOTA, "session start")
+
+    def _attempt(self, number: int, reason: str, budget_s: float) -> Attempt:
+        return Attempt(
+            number=number, reason=reason, budget_s=budget_s, timeout_s=int(self.spec.session_budget_s)
+        )
+
+    def _check_quota(self) -> None:
+        quota: Quota = self._call("reading the GPU quota", self.backend.quota)
+        attempt = self.record.current.attempt
+        remaining = quota.remaining_s
+        if remaining is None or remaining >= attempt.budget_s + QUOTA_MARGIN_S:
+            self._transition(ChainState.RENDERING, "quota ok")
+        elif remaining - QUOTA_MARGIN_S >= MIN_SESSION_BUDGET_S:
+            attempt.budget_s = remaining - QUOTA_MARGIN_S
+            self._transition(
+                ChainState.RENDERING, f"budget cut to the {remaining / 3600:.1f} h of quota left"
+            )
+        else:
+            self._quota_exhausted(quota.refresh_time, f"{remaining / 3600:.1f} h of GPU quota left")
+
+    def _quota_exhausted(self, refresh: datetime | None, detail: str) -> None:
+        when = refresh.astimezone().strftime("%Y-%m-%d %H:%M %Z") if refresh else "an unknown time"
+        if self.spec.wait_for_quota:
+            wait_until = refresh.timestamp() if refresh else self.clock.time() + self.timing.quota_recheck_s
+            if wait_until <= self.clock.time():
+                wait_until = self.clock.time() + self.timing.quota_recheck_s
+            self.record.wait_until = wait_until
+            self._transition(
+                ChainState.WAITING_QUOTA,
+                "quota_exhausted",
+                message=f"{detail}; waiting for the reset at {when}",
+            )
+            return
+        self._transition(
+            ChainState.FAILED_QUOTA,
+            "quota_exhausted",
+            message=f"weekly GPU quota exhausted ({detail}, the session needs "
+            f"{self.record.current.attempt.budget_s / 3600:.1f} h); it resets at {when}",
+        )
+
+    def _render(self) -> None:
+        session, attempt = self.record.current, self.record.current.attempt
+        folder = self.session_dir() / f"kernel-{attempt.number}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.renderer(self._session_request(session, attempt), folder)
+        attempt.pre_push_version = self._call(
+            "reading the kernel's latest version", lambda: self.backend.latest_version(self.spec.kernel_ref)
+        )
+        self._transition(ChainState.PUSHING, "rendered; push intent recorded")
+
+    def _session_request(self, session: SessionRecord, attempt: Attempt) -> SessionRequest:
+        previous = self.record.sessions[session.index - 2] if session.index > 1 else None
+        expect = None
+        sources: tuple[str, ...] = ()
+        if previous is not None:
+            expect = {
+                "chain": self.spec.chain_id,
+                "session": previous.index,
+                "sha256": previous.outputs[TARBALL],
+            }
+            sources = (self.spec.dataset_ref,)
+        return SessionRequest(
+            chain_id=self.spec.chain_id,
+            session=session.index,
+            expect=expect,
+            dataset_sources=sources,
+            budget_s=attempt.budget_s,
+            epochs=self._epochs_for(previous),
+        )
+
+    def _epochs_for(self, previous: SessionRecord | None) -> int | None:
+        done = (previous.epoch or 0) if previous else 0
+        if self.spec.until_epoch is None:
+            return self.spec.epochs_per_session
+        left = max(1, self.spec.until_epoch - done)
+        return left if self.spec.epochs_per_session is None else min(left, self.spec.epochs_per_session)
+
+    def _push(self) -> None:
+        attempt = self.record.current.attempt
+        if not self._entered_here and self._adopt_pushed_version(attempt):
+            return
+        request = PushRequest(
+            folder=self.session_dir() / f"kernel-{attempt.number}",
+            accelerator=self.spec.accelerator,
+            timeout_s=attempt.timeout_s,
+        )
+        delay = self.timing.api_backoff_initial_s
+        for tries in range(1, self.timing.api_max_attempts + 1):
+            try:
+                result = self._timed_call(lambda: self.backend.push(request))
+            except PushRefused as refused:
+                self._refused(refused)
+                return
+            except (ApiError, OSError) as exc:
+                # The push may have gone through before the error: look before pushing again.
+                if tries == self.timing.api_max_attempts:
+                    raise ApiError(
+                        f"pushing the kernel kept failing: {_short(exc)}", hint=self._resume_hint()
+                    ) from None
+                self.echo(
+                    f"push failed ({_short(exc)}); checking it did not go through, retrying in {delay:.0f}s"
+                )
+                self._sleep(delay)
+                delay = min(delay * 2, self.timing.api_backoff_max_s)
+                if self._adopt_pushed_version(attempt):
+                    return
+                continue
+            self._pushed(attempt, result.version, "pushed")
+            return
+
+    def _adopt_pushed_version(self, attempt: Attempt) -> bool:
+        """After a restart or a failed push: if the kernel has a newer version than before our push, it is
+        ours (the push went through): poll it instead of pushing a duplicate."""
+        latest = self._call(
+            "reading the kernel's latest version", lambda: self.backend.latest_version(self.spec.kernel_ref)
+        )
+        if latest is None or (attempt.pre_push_version is not None and latest <= attempt.pre_push_version):
+            return False
+        self._pushed(attempt, latest, "re-attached to the version an earlier push created")
+        return True
+
+    def _pushed(self, attempt: Attempt, version: int, reason: str) -> None:
+        attempt.version = version
+        attempt.pushed_at = self.clock.time()
+        self.record.current.gpu_wait_started_at = None
+        self._transition(ChainState.RUNNING, reason, message=f"{self.spec.kernel_ref} version {version}")
+
+    def _refused(self, refused: PushRefused) -> None:
+        session = self.record.current
+        if refused.reason == "gpu_session_limit":
+            now = self.clock.time()
+            session.gpu_wait_started_at = session.gpu_wait_started_at or now
+            if now - session.gpu_wait_started_at > self.timing.gpu_slot_max_wait_s:
+                self._transition(
+                    ChainState.FAILED_REFUSED,
+                    "gpu_session_limit",
+                    message=f"no GPU slot came free: {refused.message}",
+                )
+                return
+            self.record.wait_until = now + self.timing.gpu_slot_wait_s
+            self._transition(ChainState.WAITING_GPU_SLOT, "gpu_session_limit", message=refused.message)
+        elif refused.reason == "quota_exhausted":
+            self._quota_exhausted(None, refused.message)
+        else:
+            self._transition(
+                ChainState.FAILED_REFUSED, refused.reason, message=f"push refused: {refused.message}"
+            )
+
+    def _wait(self) -> None:
+        remaining = (self.record.wait_until or 0.0) - self.clock.time()
+        if remaining > 0:
+            self._sleep(remaining)
+        self.record.wait_until = None
+        self._transition(ChainState.CHECKING_QUOTA, f"waited ({self.record.state.value})")
+
+    def _poll_kernel(self) -> None:
+        attempt = self.record.current.attempt
+        assert attempt.version is not None  # RUNNING is entered with the pushed version recorded
+        interval, last_state, log_offset = self.timing.poll_initial_s, None, 0
+        while True:
+            status = self._call(
+                "reading the kernel's status",
+                lambda: self.backend.status(self.spec.kernel_ref, attempt.version),
+            )  # type: ignore[arg-type]
+            if status.state is KernelState.RUNNING and attempt.running_at is None:
+                attempt.running_at = self.clock.time()
+                self._save()
+            if self.follow_logs:
+                log_offset = self._print_new_log(attempt.version, log_offset)
+            if status.state.is_terminal:
+                self._kernel_ended(attempt, status)
+                return
+            interval = (
+                self.timing.poll_initial_s
+                if status.state != last_state
+                else min(interval * self.timing.poll_growth, self.timing.poll_max_s)
+            )
+            last_state = status.state
+            self._sleep(interval)
+
+    def _print_new_log(self, version: int, offset: int) -> int:
+        text = self._call_once(lambda: self.backend.logs(self.spec.kernel_ref, version))
+        if not text or len(text) <= offset:
+            return offset
+        for line in text[offset:].splitlines():
+            self.echo(f"  | {line}")
+        return len(text)
+
+    def _kernel_ended(self, attempt: Attempt, status: KernelStatus) -> None:
+        attempt.ended_at = self.clock.time()
+        attempt.kernel_state = status.state.value
+        attempt.failure_message = status.failure_message
+        if status.state is KernelState.COMPLETE:
+            self._transition(ChainState.DOWNLOADING, "kernel complete")
+        else:
+            self._kernel_failed(attempt, status)
+
+    def _kernel_failed(self, attempt: Attempt, status: KernelStatus) -> None:
+        session = self.record.current
+        session.gpu_seconds += self._ran_s(attempt) or 0.0
+        log_text = self._call_once(lambda: self.backend.logs(self.spec.kernel_ref, attempt.version)) or ""  # type: ignore[arg-type]
+        run = self._failed_run_json(attempt)
+        kind = classify_failure(
+            status, log_text, run, ran_s=self._ran_s(attempt), timeout_s=attempt.timeout_s
+        )
+        attempt.outcome = kind.value
+        attempt.log_excerpt = log_excerpt(log_text) or None
+        if kind is not FailureKind.STALE_INPUT and attempt.log_excerpt:
+            self.echo(
+                f"kernel {self.spec.kernel_ref} version {attempt.version} ended in {status.state.value}; log tail:"
+            )
+            for line in attempt.log_excerpt.splitlines():
+                self.echo(f"  | {line}")
+        self._retry_after(kind, status.failure_message)
+
+    def _ran_s(self, attempt: Attempt) -> float | None:
+        start = attempt.running_at or attempt.pushed_at
+        if start is None or attempt.ended_at is None:
+            return None
+        return attempt.ended_at - start
+
+    def _failed_run_json(self, attempt: Attempt) -> dict[str, Any] | None:
+        """run.json of a failed version, when it left one: it tells a crash from a kill."""
+        incoming = self.session_dir() / ".failed-outputs"
+        files = self._call_once(
+            lambda: self.backend.download(
+                self.spec.kernel_ref, attempt.version, incoming, pattern=r"^run\.json$"
+            )
+        )  # type: ignore[arg-type]
+        found = [p for p in files or [] if p.name == RUN_JSON]
+        try:
+            return _read_run_json(found[0]) if found else None
+        except OutputsInvalid:
+            return None
+        finally:
+            shutil.rmtree(incoming, ignore_errors=True)
+
+    def _retry_after(self, kind: FailureKind, failure: str | None) -> None:
+        """The failure policy: each kind of failure has its own counter, limit and next state."""
+        session, attempt = self.record.current, self.record.current.attempt
+        detail = failure or kind.value
+        if kind is FailureKind.STALE_INPUT:
+            if session.stale_relaunches >= self.timing.max_stale_relaunches:
+                self._transition(
+                    ChainState.FAILED_STALE_INPUT,
+                    kind.value,
+                    message=f"the kernel kept mounting an older version of {self.spec.dataset_ref}",
+                )
+                return
+            session.stale_relaunches += 1
+            self._next_attempt(
+                kind,
+                attempt.budget_s,
+                ChainState.WAITING_STALE_INPUT,
+                self.timing.stale_input_wait_s,
+                "the kernel mounted an older checkpoint version; relaunching",
+            )
+        elif kind is FailureKind.TIME_LIMIT:
+            if session.time_limit_retries >= self.timing.max_time_limit_retries:
+                self._transition(
+                    ChainState.FAILED_TIME_LIMIT,
+                    kind.value,
+                    message=f"killed at the time limit {session.time_limit_retries + 1} times without outputs",
+                )
+                return
+            session.time_limit_retries += 1
+            budget = attempt.budget_s * TIME_LIMIT_BUDGET_FACTOR
+            self._next_attempt(
+                kind,
+                budget,
+                ChainState.WAITING_RETRY,
+                0.0,
+                f"killed at the time limit; retrying with a {budget / 3600:.2f} h budget",
+            )
+        else:
+            if session.error_retries >= self.spec.max_retries:
+                self._transition(
+                    ChainState.FAILED_KERNEL,
+                    kind.value,
+                    message=f"the kernel failed {session.error_retries + 1} times; last: {detail}",
+                )
+                return
+            session.error_retries += 1
+            self._next_attempt(
+                kind,
+                attempt.budget_s,
+                ChainState.WAITING_RETRY,
+                self.timing.retry_delay_s,
+                f"{detail}; retry {session.error_retries} of {self.spec.max_retries} from the last good checkpoint",
+            )
+
+    def _next_attempt(
+        self, kind: FailureKind, budget_s: float, state: ChainState, wait_s: float, message: str
+    ) -> None:
+        session = self.record.current
+        session.attempts.append(self._attempt(len(session.attempts) + 1, kind.value, budget_s))
+        self.record.wait_until = self.clock.time() + wait_s
+        self._transition(state, kind.value, message=message)
+
+    def _download(self) -> None:
+        session, attempt = self.record.current, self.record.current.attempt
+        incoming = self.session_dir() / ".incoming"
+        problem = ""
+        for _ in range(self.timing.download_attempts):
+            self._call(
+                "downloading the outputs",
+                lambda: self.backend.download(
+                    self.spec.kernel_ref, attempt.version, incoming, pattern=OUTPUT_PATTERN
+                ),
+            )  # type: ignore[arg-type]
+            try:
+                verified = verify_outputs(incoming, chain_id=self.spec.chain_id, session=session.index)
+            except OutputsInvalid as exc:
+                problem = exc.message
+                self.echo(
+                    f"outputs of version {attempt.version} do not verify ({problem}); downloading again"
+                )
+                continue
+            self._keep_outputs(session, incoming, verified)
+            attempt.outcome = "complete"
+            session.pre_publish_version = self._dataset_version()
+            self._transition(ChainState.PUBLISHING, "outputs verified; publish intent recorded")
+            return
+        shutil.rmtree(incoming, ignore_errors=True)
+        attempt.outcome = FailureKind.BAD_OUTPUTS.value
+        self._retry_after(FailureKind.BAD_OUTPUTS, f"outputs do not verify: {problem}")
+
+    def _keep_outputs(self, session: SessionRecord, incoming: Path, verified: VerifiedOutputs) -> None:
+        for name in verified.sha256:
+            os.replace(incoming / name, self.session_dir() / name)
+        shutil.rmtree(incoming, ignore_errors=True)
+        run, result = verified.run, verified.run.get("result") or {}
+        session.outputs = dict(verified.sha256)
+        session.epoch = result.get("epoch")
+        session.step = result.get("step")
+        session.stop_reason = run.get("stop_reason") or result.get("stop_reason")
+        session.best = result.get("best")
+        seconds = run.get("seconds")
+        attempt = session.attempt
+        session.gpu_seconds += (
+            float(seconds) if isinstance(seconds, (int, float)) else (self._ran_s(attempt) or 0.0)
+        )
+
+    def _dataset_version(self) -> int | None:
+        info: DatasetInfo | None = self._call(
+            "reading the checkpoint dataset", lambda: self.backend.dataset_info(self.spec.dataset_ref)
+        )
+        return info.version if info is not None else None
+
+    def _publish(self) -> None:
+        session = self.record.current
+        if not self._entered_here and self._publish_went_through(session):
+            self._published(session)
+            return
+        folder = self._publish_folder(session)
+        delay = self.timing.api_backoff_initial_s
+        for tries in range(1, self.timing.api_max_attempts + 1):
+            try:
+                self._timed_call(
+                    lambda: self.backend.publish_dataset(
+                        folder,
+                        self.spec.dataset_ref,
+                        title=self._dataset_title(),
+                        notes=self._dataset_notes(session),
+                    )
+                )
+                break
+            except (ApiError, OSError) as exc:
+                if tries == self.timing.api_max_attempts:
+                    raise ApiError(
+                        f"publishing the checkpoint kept failing: {_short(exc)}", hint=self._resume_hint()
+                    ) from None
+                self.echo(f"publishing failed ({_short(exc)}); retrying in {delay:.0f}s")
+                self._sleep(delay)
+                delay = min(delay * 2, self.timing.api_backoff_max_s)
+                if self._publish_went_through(session):
+                    break
+        shutil.rmtree(folder, ignore_errors=True)
+        self._published(session)
+
+    def _publish_went_through(self, session: SessionRecord) -> bool:
+        version = self._dataset_version()
+        return version is not None and (
+            session.pre_publish_version is None or version > session.pre_publish_version
+        )
+
+    def _published(self, session: SessionRecord) -> None:
+        session.publish_started_at = self.clock.time()
+        self._transition(ChainState.WAITING_DATASET, "published")
+
+    def _publish_folder(self, session: SessionRecord) -> Path:
+        """The dataset version's files: the tarball, the log and the marker the next kernel checks."""
+        from kaggle_runner.marker import write_marker
+
+        folder = self.session_dir() / ".publish"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in (TARBALL, TRAINING_LOG):
+            _link_or_copy(self.session_dir() / name, folder / name)
+        marker = write_marker(
+            folder, chain=self.spec.chain_id, session=session.index, tarball=folder / TARBALL
+        )
+        if marker.sha256 != session.outputs[TARBALL]:
+            raise OutputsInvalid(
+                f"{TARBALL} of session {session.index} changed on disk since it was verified"
+            )
+        return folder
+
+    def _dataset_title(self) -> str:
+        return f"kr checkpoints {self.spec.dataset_ref.split('/')[-1]}"
+
+    def _dataset_notes(self, session: SessionRecord) -> str:
+        return (
+            f"chain {self.spec.chain_id} session {session.index}: epoch {session.epoch} step {session.step}"
+        )
+
+    def _wait_dataset(self) -> None:
+        session = self.record.current
+        started = session.publish_started_at or self.clock.time()
+        while True:
+            info = self._call(
+                "reading the checkpoint dataset", lambda: self.backend.dataset_info(self.spec.dataset_ref)
+            )
+            if info is not None and info.is_ready and self._version_went_up(info, session):
+                self._dataset_ready(session, info)
+                return
+            if info is not None and info.status == "failed":
+                self._transition(
+                    ChainState.FAILED_DATASET,
+                    "dataset_failed",
+                    message=f"{self.spec.dataset_ref}: processing the new version failed",
+                )
+                return
+            if self.clock.time() - started > self.timing.dataset_ready_timeout_s:
+                status = info.status if info else "not found"
+                self._transition(
+                    ChainState.FAILED_DATASET,
+                    "dataset_timeout",
+                    message=f"{self.spec.dataset_ref} still {status} {self.timing.dataset_ready_timeout_s / 60:.0f} min after publishing",
+                )
+                return
+            self._sleep(self.timing.dataset_poll_s)
+
+    def _version_went_up(self, info: DatasetInfo, session: SessionRecord) -> bool:
+        if info.version is None:
+            return True  # a backend that cannot tell versions apart: the kernel's marker check guards it
+        return session.pre_publish_version is None or info.version > session.pre_publish_version
+
+    def _dataset_ready(self, session: SessionRecord, info: DatasetInfo) -> None:
+        session.dataset_version = info.version
+        session.finished_at = self.clock.time()
+        if self._chain_done(session):
+            message = f"final model in {self.session_dir(session.index)} and {self.spec.dataset_ref}"
+            self._transition(ChainState.SUCCEEDED, "all sessions done", message=message)
+        else:
+            self._begin_session(session.index + 1)
+
+    def _chain_done(self, session: SessionRecord) -> bool:
+        if self.spec.until_epoch is not None and (session.epoch or 0) >= self.spec.until_epoch:
+            return True
+        return session.index >= self.spec.sessions
+
+    # -- reopening
+
+    def _reopen_if_finished(self) -> None:
+        """A rerun of a failed chain tries its current step again with fresh retry counts; a succeeded chain
+        whose ``sessions`` was raised goes on with the next session."""
+        state = self.record.state
+        if state is ChainState.SUCCEEDED and self.record.session and self.record.session < self.spec.sessions:
+            if self.spec.until_epoch is None or (self.record.current.epoch or 0) < self.spec.until_epoch:
+                self._begin_session(self.record.session + 1)
+            return
+        if not state.is_failed:
+            return
+        session = self.record.current
+        session.error_retries = session.time_limit_retries = session.stale_relaunches = 0
+        session.gpu_wait_started_at = None
+        if state is ChainState.FAILED_DATASET:
+            session.publish_started_at = self.clock.time()
+            self._transition(ChainState.WAITING_DATASET, "resumed by the user")
+            return
+        if session.attempt.version is not None:
+            session.attempts.append(
+                self._attempt(len(session.attempts) + 1, "resumed", self.spec.session_budget_s)
+            )
+        self._transition(ChainState.CHECKING_QUOTA, "resumed by the user")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _short(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+# --------------------------------------------------------------------------------------------- summaries
+
+
+def chain_summaries(home: Path | None = None) -> list[dict[str, Any]]:
+    """One dict per chain for ``kr status``: session k of N, state, epochs, best metrics, GPU hours spent,
+    retries and why, whether a ``kr chain`` process drives it now. Oldest first."""
+    return [summarize(record, home) for record in list_chains(home)]
+
+
+def summarize(record: ChainRecord, home: Path | None = None) -> dict[str, Any]:
+    done = [s for s in record.sessions if s.dataset_version is not None or s.finished_at is not None]
+    last = done[-1] if done else None
+    retries = [
+        {"session": s.index, "attempt": a.number, "why": a.reason}
+        for s in record.sessions
+        for a in s.attempts
+        if a.number > 1
+    ]
+    return {
+        "chain": record.spec.chain_id,
+        "backend": record.spec.backend,
+        "kernel": record.spec.kernel_ref,
+        "dataset": record.spec.dataset_ref,
+        "state": record.state.value,
+        "terminal": record.state.is_terminal,
+        "failed": record.state.is_failed,
+        "session": record.session,
+        "sessions": record.spec.sessions,
+        "sessions_done": len(done),
+        "epoch": last.epoch if last else None,
+        "step": last.step if last else None,
+        "best": _best_so_far(record),
+        "gpu_hours": round(sum(s.gpu_seconds for s in record.sessions) / 3600, 3),
+        "retries": retries,
+        "message": record.message,
+        "halted": record.halted,
+        "active": is_locked(record.spec.chain_id, home),
+        "updated_at": record.updated_at,
+        "folder": str(chain_dir(record.spec.chain_id, home)),
+    }
+
+
+def _best_so_far(record: ChainRecord) -> dict[str, Any] | None:
+    """The best validation metrics any session reported (the trainer's best is cumulative, so the latest
+    session that has one wins)."""
+    for session in reversed(record.sessions):
+        if session.best:
+            return session.best
+    return None

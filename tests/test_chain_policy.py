@@ -1,0 +1,793 @@
+"""The chain's state machine and failure policy, branch by branch, against a scripted ``Backend``.
+
+The double stands exactly at the backend boundary: it answers from a script (what each pushed kernel does,
+which calls fail) and logs every call, so a test can count pushes and publishes. Its kernels "run" in
+simulated time (``FakeClock``), so every policy branch runs in milliseconds. End-to-end runs against the
+emulator and the local backend are in ``test_chain_e2e.py``."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kaggle_runner import chain as chain_mod
+from kaggle_runner.backends.base import (
+    Backend,
+    DatasetInfo,
+    KernelState,
+    KernelStatus,
+    PushRefused,
+    PushRequest,
+    PushResult,
+    Quota,
+)
+from kaggle_runner.chain import (
+    ChainRecord,
+    ChainRunner,
+    ChainSpec,
+    ChainState,
+    FailureKind,
+    OutputsInvalid,
+    SessionRequest,
+    Timing,
+    chain_lock,
+    chain_summaries,
+    classify_failure,
+    create_chain,
+    find_resumable,
+    load_chain,
+    verify_outputs,
+)
+from kaggle_runner.errors import ApiError, KrError
+from kaggle_runner.fsutil import atomic_write_json, read_json
+
+
+class FakeClock:
+    """Simulated wall time: ``sleep`` advances it at once."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.slept = 0.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        self.slept += max(0.0, seconds)
+
+
+class Crash(BaseException):
+    """Stands for SIGKILL: nothing in the chain catches it."""
+
+
+def render_request(request: SessionRequest, folder: Path) -> None:
+    """The test renderer: the kernel folder carries the request, as a real render carries it in the script."""
+    atomic_write_json(folder / "request.json", request.__dict__)
+
+
+@dataclass
+class KernelPlan:
+    """What one pushed version does. ``outcome``: complete | error | time_limit | stale | crash_with_run."""
+
+    outcome: str = "complete"
+    polls_running: int = 2  # status calls answered "running" before the end
+    epochs: int = 1
+    corrupt_downloads: int = 0  # downloads that deliver a broken tarball first
+
+
+@dataclass
+class Version:
+    number: int
+    request: dict[str, Any]
+    plan: KernelPlan
+    timeout_s: int | None
+    polls: int = 0
+    epoch: int = 0
+
+
+@dataclass
+class ScriptedBackend(Backend):
+    clock: FakeClock
+    plans: list[KernelPlan] = field(default_factory=list)  # consumed one per successful push
+    push_refusals: list[PushRefused] = field(default_factory=list)  # consumed before pushes go through
+    failures: dict[str, int] = field(
+        default_factory=dict
+    )  # method name -> how many calls raise ApiError next
+    fail_after: dict[str, int] = field(
+        default_factory=dict
+    )  # method -> calls that raise after doing the work
+    crash_on_call: int | None = None  # the n-th call (1-based) crashes after doing its work
+    quota_value: Quota = field(default_factory=lambda: Quota(None, None))
+    dataset_polls_processing: int = 1  # dataset_info calls answering "blobs_received" after each publish
+    dataset_stuck: bool = False
+    calls: list[str] = field(default_factory=list)
+    versions: dict[int, Version] = field(default_factory=dict)
+    dataset_versions: list[dict[str, Any]] = field(default_factory=list)
+    _processing_left: int = 0
+    name: str = "scripted"
+
+    # -- bookkeeping
+
+    def _enter(self, method: str) -> None:
+        self.calls.append(method)
+        if self.failures.get(method, 0) > 0:
+            self.failures[method] -= 1
+            raise ApiError(f"{method}: HTTP 503 Service Unavailable")
+
+    def _leave(self, method: str) -> None:
+        """After the work: a crash (SIGKILL stand-in) or an error whose response was lost."""
+        if self.crash_on_call is not None and len(self.calls) == self.crash_on_call:
+            raise Crash(f"crash after call {len(self.calls)} ({method})")
+        if self.fail_after.get(method, 0) > 0:
+            self.fail_after[method] -= 1
+            raise ApiError(f"{method}: connection reset after the request was sent")
+
+    def count(self, method: str) -> int:
+        return self.calls.count(method)
+
+    @property
+    def pushes(self) -> int:
+        return len(self.versions)
+
+    # -- Backend
+
+    def username(self) -> str:
+        return "tester"
+
+    def push(self, request: PushRequest) -> PushResult:
+        self._enter("push")
+        if self.push_refusals:
+            raise self.push_refusals.pop(0)
+        number = len(self.versions) + 1
+        plan = self.plans.pop(0) if self.plans else KernelPlan()
+        self.versions[number] = Version(
+            number, read_json(request.folder / "request.json"), plan, request.timeout_s
+        )
+        self._leave("push")
+        return PushResult(ref="tester/kernel", version=number)
+
+    def latest_version(self, ref: str) -> int | None:
+        self._enter("latest_version")
+        result = max(self.versions) if self.versions else None
+        self._leave("latest_version")
+        return result
+
+    def status(self, ref: str, version: int) -> KernelStatus:
+        self._enter("status")
+        run = self.versions[version]
+        run.polls += 1
+        status = (
+            KernelStatus(KernelState.RUNNING)
+            if run.polls <= run.plan.polls_running
+            else self._final_status(run)
+        )
+        self._leave("status")
+        return status
+
+    def _final_status(self, run: Version) -> KernelStatus:
+        outcome = run.plan.outcome
+        if outcome == "complete":
+            return KernelStatus(KernelState.COMPLETE)
+        if outcome == "time_limit":
+            return KernelStatus(
+                KernelState.ERROR,
+                "Your notebook was stopped because it exceeded the max allowed execution duration (timeout)",
+            )
+        return KernelStatus(KernelState.ERROR, "Kernel exited with a non-zero code")
+
+    def logs(self, ref: str, version: int) -> str:
+        self._enter("logs")
+        outcome = self.versions[version].plan.outcome
+        lines = ["INFO train epoch=1 step=1 loss=2.0"]
+        if outcome == "stale":
+            lines = ["KR_STALE_INPUT: kr-marker.json has session=1, this session expects 2"]
+        elif outcome in ("error", "crash_with_run"):
+            lines += ["Traceback (most recent call last):", "RuntimeError: CUDA out of memory"]
+        self._leave("logs")
+        return "\n".join(lines) + "\n"
+
+    def download(self, ref: str, version: int, dest: Path, *, pattern: str | None = None) -> list[Path]:
+        self._enter("download")
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        run = self.versions[version]
+        files = self._outputs(run, dest)
+        self._leave("download")
+        return files
+
+    def _outputs(self, run: Version, dest: Path) -> list[Path]:
+        outcome = run.plan.outcome
+        if outcome in ("time_limit", "stale", "error"):
+            return []
+        request = run.request
+        if not run.epoch:
+            earlier = [v.epoch for v in self.versions.values() if v.request["session"] < request["session"]]
+            run.epoch = max(earlier, default=0) + (request.get("epochs") or run.plan.epochs)
+        epoch = run.epoch
+        exit_code = 1 if outcome == "crash_with_run" else 0
+        run_json = {
+            "chain": request["chain_id"],
+            "session": request["session"],
+            "exit_code": exit_code,
+            "stop_reason": "max_epochs",
+            "seconds": 100.0,
+            "result": {"epoch": epoch, "step": epoch * 10, "best": {"bleu4": 0.1 * epoch, "epoch": epoch}},
+        }
+        atomic_write_json(dest / "run.json", run_json)
+        (dest / "training.log").write_text(f"INFO session {request['session']}\n")
+        corrupt = run.plan.corrupt_downloads > 0
+        if corrupt:
+            run.plan.corrupt_downloads -= 1
+        (dest / "checkpoints.tar.gz").write_bytes(
+            make_tarball(f"{request['chain_id']}-{request['session']}", epoch, corrupt=corrupt)
+        )
+        return sorted(dest.iterdir())
+
+    def quota(self) -> Quota:
+        self._enter("quota")
+        self._leave("quota")
+        return self.quota_value
+
+    def dataset_info(self, ref: str) -> DatasetInfo | None:
+        self._enter("dataset_info")
+        info = None
+        if self.dataset_stuck or self._processing_left > 0:
+            self._processing_left -= 1
+            info = DatasetInfo(ref, "blobs_received", len(self.dataset_versions))
+        elif self.dataset_versions:
+            info = DatasetInfo(ref, "ready", len(self.dataset_versions))
+        self._leave("dataset_info")
+        return info if self.dataset_versions else None
+
+    def publish_dataset(
+        self, folder: Path, ref: str, *, title: str, notes: str, private: bool = True
+    ) -> None:
+        self._enter("publish_dataset")
+        files = {p.name: p.read_bytes() for p in folder.iterdir()}
+        self.dataset_versions.append({"files": files, "marker": json.loads(files["kr-marker.json"])})
+        self._processing_left = self.dataset_polls_processing
+        self._leave("publish_dataset")
+
+
+def make_tarball(payload: str, epoch: int, *, corrupt: bool = False) -> bytes:
+    """A checkpoints.tar.gz as the trainer writes it: last.pth.tar, BEST, and a MANIFEST of their sha256."""
+    import hashlib
+
+    members = {
+        "checkpoints/last.pth.tar": payload.encode(),
+        "checkpoints/BEST_checkpoint_local_synthetic.pth.tar": b"best",
+    }
+    manifest = {
+        "files": {name.split("/")[-1]: hashlib.sha256(data).hexdigest() for name, data in members.items()},
+        "epoch": epoch,
+        "step": epoch * 10,
+        "format_version": 1,
+    }
+    if corrupt:
+        manifest["files"]["last.pth.tar"] = "0" * 64
+    members["checkpoints/MANIFEST.json"] = json.dumps(manifest).encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def refusal(reason: str) -> PushRefused:
+    messages = {
+        "gpu_session_limit": "Maximum batch GPU session count of 2 reached.",
+        "quota_exhausted": "You've exceeded the number of hours allowed to use GPU.",
+        "invalid_sources": "invalidDatasetSources: tester/missing",
+    }
+    return PushRefused(messages.get(reason, reason), reason=reason)
+
+
+def quota_left(seconds: float, refresh: datetime | None = None) -> Quota:
+    return Quota(used_s=30 * 3600 - seconds, allowed_s=30 * 3600, refresh_time=refresh)
+
+
+# ------------------------------------------------------------------------------------------------ harness
+
+HOUR = 3600.0
+
+
+def make_spec(**overrides: Any) -> ChainSpec:
+    values: dict[str, Any] = {
+        "chain_id": "chain-test",
+        "backend": "scripted",
+        "kernel_ref": "tester/kernel",
+        "dataset_ref": "tester/checkpoints",
+        "sessions": 3,
+        "session_budget_s": 4 * HOUR,
+        "epochs_per_session": 1,
+    }
+    values.update(overrides)
+    return ChainSpec(**values)
+
+
+@dataclass
+class Harness:
+    backend: ScriptedBackend
+    clock: FakeClock
+    home: Path
+    events: list[dict[str, Any]]
+    lines: list[str]
+    requests: list[dict[str, Any]]
+
+    def runner(self, record: ChainRecord | None = None, **kwargs: Any) -> ChainRunner:
+        record = record or load_chain("chain-test", self.home)
+        return ChainRunner(
+            record,
+            self.backend,
+            self.render,
+            home=self.home,
+            timing=Timing(),
+            clock=self.clock,
+            notify=self.events.append,
+            echo=self.lines.append,
+            **kwargs,
+        )
+
+    def render(self, request: SessionRequest, folder: Path) -> None:
+        self.requests.append(dict(request.__dict__))
+        render_request(request, folder)
+
+    def run(self, **kwargs: Any) -> ChainRecord:
+        return self.runner(**kwargs).run()
+
+    def states(self) -> list[str]:
+        return [event["state"] for event in self.events]
+
+
+def start(tmp_path: Path, backend: ScriptedBackend | None = None, **spec: Any) -> Harness:
+    clock = backend.clock if backend else FakeClock()
+    home = tmp_path / "kr-home"
+    create_chain(make_spec(**spec), home, clock)
+    return Harness(backend or ScriptedBackend(clock), clock, home, [], [], [])
+
+
+# ------------------------------------------------------------------------------------------------ happy path
+
+
+def test_three_sessions_chain_their_checkpoints(tmp_path: Path) -> None:
+    h = start(tmp_path)
+    record = h.run()
+
+    assert record.state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 3 and h.backend.count("publish_dataset") == 3
+    assert [s.epoch for s in record.sessions] == [1, 2, 3]
+    # Session k mounts the dataset and expects exactly the tarball session k-1 produced.
+    assert h.requests[0]["expect"] is None and h.requests[0]["dataset_sources"] == ()
+    for k in (1, 2):
+        published = h.backend.dataset_versions[k - 1]
+        assert h.requests[k]["expect"] == {
+            "chain": "chain-test",
+            "session": k,
+            "sha256": published["marker"]["sha256"],
+        }
+        assert h.requests[k]["dataset_sources"] == ("tester/checkpoints",)
+        assert published["marker"]["session"] == k
+    # The final model is in the last session's folder, verified, and in the dataset.
+    last = h.home / "runs" / "chain-test" / "session-3"
+    assert (
+        chain_mod.sha256_file(last / "checkpoints.tar.gz") == record.sessions[2].outputs["checkpoints.tar.gz"]
+    )
+    assert (
+        h.backend.dataset_versions[-1]["files"]["checkpoints.tar.gz"]
+        == (last / "checkpoints.tar.gz").read_bytes()
+    )
+    assert [s.dataset_version for s in record.sessions] == [1, 2, 3]
+    assert load_chain("chain-test", h.home).state is ChainState.SUCCEEDED
+
+
+def test_every_transition_is_persisted_and_notified(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.run()
+    expected = [
+        "checking_quota",
+        "rendering",
+        "pushing",
+        "running",
+        "downloading",
+        "publishing",
+        "waiting_dataset",
+        "succeeded",
+    ]
+    assert h.states() == expected
+    history = load_chain("chain-test", h.home).history
+    assert [entry["to"] for entry in history] == expected
+    assert h.events[-1]["terminal"] is True and h.events[-1]["failed"] is False
+
+
+def test_until_epoch_stops_early_and_trims_the_last_session(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=5, epochs_per_session=2, until_epoch=3)
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert [r["epochs"] for r in h.requests] == [2, 1]
+    assert record.sessions[-1].epoch == 3 and h.backend.pushes == 2
+
+
+# ------------------------------------------------------------------------------------------------ policy branches
+
+
+def test_transient_api_errors_back_off_and_retry(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.failures = {"status": 3, "quota": 2, "dataset_info": 2, "download": 1}
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 1
+    retries = [line for line in h.lines if "retrying in" in line]
+    assert len(retries) == 8
+    # Exponential backoff: 15, 30, 60 s for the three status errors.
+    assert any("retrying in 60s" in line for line in retries)
+
+
+def test_api_errors_that_outlast_the_backoff_stop_the_process_but_keep_the_state(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.failures = {"status": chain_mod.API_MAX_ATTEMPTS}
+    with pytest.raises(ApiError, match="kept failing") as caught:
+        h.run()
+    assert "kr chain --chain chain-test" in (caught.value.hint or "")
+    saved = load_chain("chain-test", h.home)
+    assert saved.state is ChainState.RUNNING and "kept failing" in (saved.halted or "")
+    assert h.run().state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 1
+
+
+def test_kernel_error_is_retried_from_the_last_checkpoint_with_its_log_shown(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan(), KernelPlan("error")]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    second = record.sessions[1]
+    assert [a.reason for a in second.attempts] == ["first", "kernel_error"]
+    assert second.error_retries == 1 and second.attempts[0].outcome == "kernel_error"
+    assert "CUDA out of memory" in (second.attempts[0].log_excerpt or "")
+    assert any("CUDA out of memory" in line for line in h.lines)
+    # The retry mounts the same checkpoint as the failed attempt.
+    assert h.requests[1]["expect"] == h.requests[2]["expect"]
+    assert "waiting_retry" in h.states()
+
+
+def test_kernel_errors_beyond_max_retries_fail_the_chain(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2, max_retries=2)
+    h.backend.plans = [KernelPlan("error"), KernelPlan("crash_with_run"), KernelPlan("error")]
+    record = h.run()
+    assert record.state is ChainState.FAILED_KERNEL and record.state.is_failed
+    assert h.backend.pushes == 3
+    assert "failed 3 times" in (record.message or "")
+    assert (
+        record.sessions[0].attempts[1].outcome == "kernel_error"
+    )  # run.json with exit 1: a crash, not a kill
+
+
+def test_time_limit_kill_without_outputs_is_retried_with_a_shorter_budget(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.plans = [KernelPlan("time_limit")]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    attempts = record.sessions[0].attempts
+    assert [a.outcome for a in attempts] == ["time_limit", "complete"]
+    assert attempts[1].budget_s == pytest.approx(4 * HOUR * chain_mod.TIME_LIMIT_BUDGET_FACTOR)
+    assert h.requests[1]["budget_s"] == attempts[1].budget_s
+    assert attempts[1].timeout_s == attempts[0].timeout_s  # the hard limit stays: the margin grows
+    assert record.sessions[0].error_retries == 0
+
+
+def test_repeated_time_limit_kills_fail_the_chain(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.plans = [KernelPlan("time_limit")] * 3
+    record = h.run()
+    assert record.state is ChainState.FAILED_TIME_LIMIT
+    assert h.backend.pushes == 3
+
+
+def test_gpu_session_limit_waits_and_retries_without_counting(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.push_refusals = [refusal("gpu_session_limit"), refusal("gpu_session_limit")]
+    before = h.clock.now
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert h.states().count("waiting_gpu_slot") == 2
+    assert h.clock.now - before >= 2 * chain_mod.GPU_SLOT_WAIT_S
+    assert record.sessions[0].error_retries == 0 and len(record.sessions[0].attempts) == 1
+
+
+def test_gpu_slot_that_never_frees_fails_after_the_maximum_wait(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.push_refusals = [refusal("gpu_session_limit")] * 200
+    record = h.run()
+    assert record.state is ChainState.FAILED_REFUSED
+    assert "GPU slot" in (record.message or "")
+
+
+def test_exhausted_quota_stops_with_the_reset_time(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    reset = datetime(2027, 1, 4, 0, 0, tzinfo=timezone.utc)
+    h.backend.quota_value = quota_left(0.1 * HOUR, reset)
+    record = h.run()
+    assert record.state is ChainState.FAILED_QUOTA
+    assert "resets at 2027-01-0" in (record.message or "") and h.backend.pushes == 0
+
+
+def test_exhausted_quota_is_waited_for_with_wait_for_quota(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1, wait_for_quota=True)
+    reset = datetime.fromtimestamp(h.clock.now + 2 * 86400, tz=timezone.utc)
+    h.backend.quota_value = quota_left(0.0, reset)
+
+    def refill(seconds: float) -> None:
+        FakeClock.sleep(h.clock, seconds)
+        if h.clock.now >= reset.timestamp():
+            h.backend.quota_value = quota_left(30 * HOUR)
+
+    h.clock.sleep = refill  # type: ignore[method-assign]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert "waiting_quota" in h.states() and h.clock.now >= reset.timestamp()
+
+
+def test_low_quota_cuts_the_budget_instead_of_stopping(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.quota_value = quota_left(2 * HOUR)
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert h.requests[0]["budget_s"] == pytest.approx(2 * HOUR - chain_mod.QUOTA_MARGIN_S)
+
+
+def test_push_refused_for_quota_takes_the_quota_branch(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.push_refusals = [refusal("quota_exhausted")]
+    record = h.run()
+    assert record.state is ChainState.FAILED_QUOTA
+    assert "exceeded the number of hours" in (record.message or "")
+
+
+def test_push_refused_for_invalid_sources_fails_at_once(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.push_refusals = [refusal("invalid_sources")]
+    record = h.run()
+    assert record.state is ChainState.FAILED_REFUSED and h.backend.pushes == 0
+
+
+def test_dataset_stuck_in_processing_times_out_with_a_clear_message(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.dataset_stuck = True
+    record = h.run()
+    assert record.state is ChainState.FAILED_DATASET
+    assert "tester/checkpoints still blobs_received" in (record.message or "")
+    assert h.backend.pushes == 1  # the next session never started on an unready checkpoint
+    # Rerunning once Kaggle caught up continues the chain where it stopped.
+    h.backend.dataset_stuck = False
+    assert h.run().state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 2 and h.backend.count("publish_dataset") == 2
+
+
+def test_stale_input_relaunches_without_counting_as_a_user_failure(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2, max_retries=0)
+    h.backend.plans = [KernelPlan(), KernelPlan("stale"), KernelPlan("stale")]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    second = record.sessions[1]
+    assert second.stale_relaunches == 2 and second.error_retries == 0
+    assert h.states().count("waiting_stale_input") == 2
+
+
+def test_a_kernel_that_keeps_mounting_stale_input_fails(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan()] + [KernelPlan("stale")] * (chain_mod.MAX_STALE_RELAUNCHES + 1)
+    record = h.run()
+    assert record.state is ChainState.FAILED_STALE_INPUT
+
+
+def test_outputs_that_do_not_verify_are_downloaded_again(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.plans = [KernelPlan(corrupt_downloads=1)]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED and h.backend.count("download") == 2
+    assert any("MANIFEST" in line for line in h.lines)
+
+
+def test_outputs_that_never_verify_count_as_a_failed_attempt(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.plans = [KernelPlan(corrupt_downloads=chain_mod.DOWNLOAD_ATTEMPTS)]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert [a.outcome for a in record.sessions[0].attempts] == ["bad_outputs", "complete"]
+
+
+# ------------------------------------------------------------------------------------------------ crash safety
+
+
+def test_a_push_whose_response_was_lost_is_adopted_not_repeated(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.fail_after = {"push": 1}
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 1 and record.sessions[0].attempt.version == 1
+
+
+def test_a_publish_whose_response_was_lost_is_not_repeated(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.backend.fail_after = {"publish_dataset": 1}
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED and len(h.backend.dataset_versions) == 1
+
+
+def _calls_of_a_clean_run(tmp_path: Path, sessions: int) -> int:
+    h = start(tmp_path / "clean", sessions=sessions)
+    h.run()
+    return len(h.backend.calls)
+
+
+@pytest.mark.parametrize("sessions", [2])
+def test_a_crash_after_any_backend_call_loses_nothing_and_pushes_no_duplicate(
+    tmp_path: Path, sessions: int
+) -> None:
+    """SIGKILL stand-in after every single backend call of a clean run, then a restart from chain.json."""
+    total = _calls_of_a_clean_run(tmp_path, sessions)
+    for crash_at in range(1, total + 1):
+        h = start(tmp_path / f"crash-{crash_at}", sessions=sessions)
+        h.backend.crash_on_call = crash_at
+        with pytest.raises(Crash):
+            h.run()
+        h.backend.crash_on_call = None
+        record = h.run()
+        assert record.state is ChainState.SUCCEEDED, crash_at
+        assert h.backend.pushes == sessions, f"duplicate push after a crash at call {crash_at}"
+        assert len(h.backend.dataset_versions) == sessions, (
+            f"duplicate publish after a crash at call {crash_at}"
+        )
+        markers = [v["marker"]["session"] for v in h.backend.dataset_versions]
+        assert sorted(set(markers)) == list(range(1, sessions + 1)), crash_at
+        assert [s.epoch for s in record.sessions] == list(range(1, sessions + 1)), crash_at
+
+
+def test_a_crash_after_any_transition_resumes(tmp_path: Path) -> None:
+    """A crash right after each persisted transition (inside the notification) resumes to the same result."""
+    transitions = 8 * 2
+    for crash_at in range(1, transitions):
+        h = start(tmp_path / f"t-{crash_at}", sessions=2)
+        seen: list[dict[str, Any]] = []
+
+        def crash_on(event: dict[str, Any], seen: list[dict[str, Any]] = seen, at: int = crash_at) -> None:
+            seen.append(event)
+            if len(seen) == at:
+                raise Crash(event["state"])
+
+        runner = h.runner()
+        runner.notify = crash_on
+        with pytest.raises(Crash):
+            runner.run()
+        assert h.run().state is ChainState.SUCCEEDED
+        assert h.backend.pushes == 2, crash_at
+
+
+def test_two_processes_never_drive_the_same_chain(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    with chain_lock("chain-x", home):
+        assert chain_mod.is_locked("chain-x", home)
+        with pytest.raises(KrError, match="already being driven"), chain_lock("chain-x", home):
+            pass
+    assert not chain_mod.is_locked("chain-x", home)
+    with chain_lock("chain-x", home):
+        pass
+
+
+def test_a_failed_chain_rerun_retries_with_fresh_counts(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1, max_retries=0)
+    h.backend.plans = [KernelPlan("error")]
+    assert h.run().state is ChainState.FAILED_KERNEL
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert [a.reason for a in record.sessions[0].attempts] == ["first", "resumed"]
+
+
+def test_a_succeeded_chain_extended_with_more_sessions_goes_on(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    h.run()
+    record = load_chain("chain-test", h.home)
+    record.spec.sessions = 2
+    assert h.run(record=record).state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 2 and record.sessions[1].epoch == 2
+
+
+def test_find_resumable_picks_the_unfinished_chain_of_the_same_kernel(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/kernel") is not None
+    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/other") is None
+    h.run()
+    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/kernel") is None
+
+
+def test_notification_failures_never_stop_the_chain(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+    runner = h.runner()
+
+    def broken(event: dict[str, Any]) -> None:
+        raise RuntimeError("webhook down")
+
+    runner.notify = broken
+    assert runner.run().state is ChainState.SUCCEEDED
+    assert any("notification failed" in line for line in h.lines)
+
+
+# ------------------------------------------------------------------------------------------------ pure parts
+
+
+def test_classify_failure() -> None:
+    error = KernelStatus(KernelState.ERROR, "Kernel exited with a non-zero code")
+    assert (
+        classify_failure(error, "KR_STALE_INPUT: marker", None, ran_s=5, timeout_s=100)
+        is FailureKind.STALE_INPUT
+    )
+    assert classify_failure(error, "", {"exit_code": 3}, ran_s=5, timeout_s=100) is FailureKind.STALE_INPUT
+    assert classify_failure(error, "", None, ran_s=99, timeout_s=100) is FailureKind.TIME_LIMIT
+    timed_out = KernelStatus(KernelState.ERROR, "exceeded the max allowed execution time")
+    assert classify_failure(timed_out, "", None, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT
+    assert classify_failure(error, "", None, ran_s=5, timeout_s=100) is FailureKind.KERNEL_ERROR
+    # run.json was written: the trainer itself failed, whatever the time.
+    assert classify_failure(error, "", {"exit_code": 1}, ran_s=99, timeout_s=100) is FailureKind.KERNEL_ERROR
+
+
+def _outputs(folder: Path, *, chain: str = "c", session: int = 1, tarball: bytes | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "run.json", {"chain": chain, "session": session, "exit_code": 0, "result": {}})
+    (folder / "training.log").write_text("log\n")
+    (folder / "checkpoints.tar.gz").write_bytes(tarball if tarball is not None else make_tarball("w", 1))
+    return folder
+
+
+def test_verify_outputs_accepts_good_outputs(tmp_path: Path) -> None:
+    verified = verify_outputs(_outputs(tmp_path / "ok"), chain_id="c", session=1)
+    assert set(verified.sha256) == {"checkpoints.tar.gz", "training.log", "run.json"}
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("manifest", "MANIFEST"),
+        ("truncated", "does not read"),
+        ("other_session", "belongs to chain"),
+        ("missing_log", "training.log is missing"),
+    ],
+)
+def test_verify_outputs_rejects_bad_outputs(tmp_path: Path, case: str, match: str) -> None:
+    good = make_tarball("w", 1)
+    tarball = {"manifest": make_tarball("w", 1, corrupt=True), "truncated": good[: len(good) // 2]}.get(case)
+    folder = _outputs(tmp_path / case, session=2 if case == "other_session" else 1, tarball=tarball)
+    if case == "missing_log":
+        (folder / "training.log").unlink()
+    with pytest.raises(OutputsInvalid, match=match):
+        verify_outputs(folder, chain_id="c", session=1)
+
+
+def test_chain_summaries_report_progress_gpu_hours_and_retries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan("error")]
+    h.run()
+    monkeypatch.setenv("KR_HOME", str(h.home))
+    (summary,) = chain_summaries()
+    assert summary["chain"] == "chain-test" and summary["state"] == "succeeded"
+    assert summary["session"] == 2 and summary["sessions"] == 2 and summary["sessions_done"] == 2
+    assert summary["epoch"] == 2 and summary["best"]["bleu4"] == pytest.approx(0.2)
+    assert summary["retries"] == [{"session": 1, "attempt": 2, "why": "kernel_error"}]
+    assert summary["gpu_hours"] > 0 and summary["active"] is False
+
+
+def test_timing_scaled_scales_durations_only() -> None:
+    timing = Timing().scaled(0.01)
+    assert timing.poll_initial_s == pytest.approx(chain_mod.POLL_INITIAL_S * 0.01)
+    assert timing.api_max_attempts == chain_mod.API_MAX_ATTEMPTS
