@@ -18,13 +18,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from kaggle_runner.backends.base import Backend, KernelState
+from kaggle_runner.backends.base import Backend, KernelState, PushRequest
 from kaggle_runner.errors import ApiError, KrError, UsageError
 from kaggle_runner.fsutil import atomic_write_json, read_json
+
+if TYPE_CHECKING:
+    from kaggle_runner.config import KrConfig
 
 STATE_DIR_ENV_VAR = "KR_HOME"
 RECORD_FILE = "record.json"
@@ -37,6 +40,11 @@ POLL_INTERVAL_S = {"kaggle": 30.0, "local": 1.0}
 DEFAULT_POLL_INTERVAL_S = 30.0
 POLL_ENV_VAR = "KR_POLL_INTERVAL_S"
 _RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
+# A launch is a one-session run of its own, not part of a chain. Its rendered script names this fixed chain
+# id (never the run id) so that the same checkout and config always render the same bytes.
+LAUNCH_CHAIN_ID = "launch"
+LAUNCH_SESSION = 0
+MAX_TIMEOUT_S = 12 * 3600  # Kaggle's longest GPU session
 
 
 def state_dir() -> Path:
@@ -151,6 +159,51 @@ def find_record(query: str | None = None) -> RunRecord:
         raise UsageError(f"no run matches {query!r}", hint="kr status lists the runs")
     shown = ", ".join(r.run_id for r in matches[:5])
     raise UsageError(f"{query!r} matches {len(matches)} runs ({shown})", hint="give more of the run id")
+
+
+# ----------------------------------------------------------------------------------------- launching
+
+
+def render_launch(config: KrConfig, out_dir: Path, *, epochs: int | None, owner: str | None = None) -> Path:
+    """Render the kernel folder of a one-session run (what ``kr launch`` pushes, ``kr render`` shows)."""
+    from kaggle_runner.render import SessionSpec, render_kernel
+
+    spec = SessionSpec(chain_id=LAUNCH_CHAIN_ID, session=LAUNCH_SESSION, epochs=epochs)
+    return render_kernel(config, Path(out_dir), session=spec, owner=owner).folder
+
+
+def check_timeout(timeout_s: int | None) -> None:
+    if timeout_s is not None and not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise UsageError(
+            f"--timeout {timeout_s} is not allowed: seconds, more than 0 and at most {MAX_TIMEOUT_S}",
+            hint="Kaggle stops a GPU session after 12 hours anyway",
+        )
+
+
+def launch(config: KrConfig, backend: Backend, *, epochs: int, timeout_s: int | None = None) -> RunRecord:
+    """Render, push, and record one run. Nothing is recorded unless the backend accepted the push."""
+    check_timeout(timeout_s)
+    owner = backend.username()
+    with tempfile.TemporaryDirectory(prefix="kr-kernel-") as tmp:
+        folder = render_launch(config, Path(tmp) / KERNEL_FOLDER, epochs=epochs, owner=owner)
+        # The accelerator travels in kernel-metadata.json (machine_shape), rendered from the config.
+        result = backend.push(PushRequest(folder=folder, timeout_s=timeout_s))
+        now = _now_iso()
+        record = RunRecord(
+            run_id=new_run_id(),
+            backend=backend.name,
+            ref=result.ref,
+            version=result.version,
+            state=KernelState.QUEUED.value,
+            epochs=epochs,
+            created=now,
+            updated=now,
+            accelerator=config.accelerator,
+            timeout_s=timeout_s,
+            url=result.url,
+            config=config.to_mapping(),
+        )
+        return create_run(record, folder)
 
 
 # ------------------------------------------------------------------------------------- backend calls
