@@ -1,0 +1,290 @@
+"""The rendered kernel script, executed for real with ``python script.py`` in a Kaggle-like layout.
+
+The input root is a temp folder named by ``KR_KAGGLE_INPUT``; the working directory is the script's cwd. The
+checks that stop before the trainer starts embed a trainer that leaves a mark if it ever runs; the sessions
+that train use the real trainer (tiny model, synthetic data) and are marked slow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kaggle_runner import resources
+from kaggle_runner.config import KrConfig, TrainerArgs
+from kaggle_runner.marker import Marker, write_marker
+from kaggle_runner.render import SessionSpec, render_kernel
+
+OWNER = "someone"
+SLUG = "kr-latex-ocr-checkpoints"
+SOURCE = f"{OWNER}/{SLUG}"
+STALE = 3
+LAYOUTS = ("old", "new")
+
+
+@pytest.fixture
+def unreachable_trainer(tmp_path: Path) -> Path:
+    """A trainer package that leaves TRAINER_STARTED in the working dir: these sessions must stop before it."""
+    package = tmp_path / "unreachable" / "trainer"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("open('TRAINER_STARTED', 'w').close()\nraise SystemExit(1)\n")
+    return package
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> dict[str, Path]:
+    paths = {name: tmp_path / name for name in ("input", "working", "kernel")}
+    for path in paths.values():
+        path.mkdir()
+    return paths
+
+
+def dataset_dir(input_root: Path, mount: str) -> Path:
+    """Where Kaggle mounts the checkpoint dataset: /kaggle/input/<slug> (old) or datasets/<owner>/<slug> (new)."""
+    folder = input_root / SLUG if mount == "old" else input_root / "datasets" / OWNER / SLUG
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def checkpoint_tarball(
+    path: Path, files: dict[str, bytes], *, manifest_files: dict[str, str] | None = None
+) -> Path:
+    """A checkpoints.tar.gz laid out like the trainer's: checkpoints/<file> plus MANIFEST.json of sha256s."""
+    manifest = {
+        "files": manifest_files or {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "epoch": 1,
+        "step": 10,
+        "format_version": 1,
+    }
+    entries = {**files, "MANIFEST.json": json.dumps(manifest).encode()}
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(f"checkpoints/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def publish(folder: Path, tarball: Path, *, chain: str, session: int, log: Path | None = None) -> Marker:
+    """What the chain publishes as a dataset version: the tarball, the log and kr-marker.json."""
+    shutil.copyfile(tarball, folder / "checkpoints.tar.gz")
+    if log is not None:
+        shutil.copyfile(log, folder / "training.log")
+    return write_marker(folder, chain, session, folder / "checkpoints.tar.gz")
+
+
+def render(layout: dict[str, Path], config: KrConfig, spec: SessionSpec, trainer_dir: Path | None) -> Path:
+    out = layout["kernel"] / f"session-{spec.session}"
+    return render_kernel(config, out, session=spec, owner=OWNER, trainer_dir=trainer_dir).script_path
+
+
+def run_script(
+    script: Path, layout: dict[str, Path], timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, KR_KAGGLE_INPUT=str(layout["input"]), PYTHONUNBUFFERED="1")
+    return subprocess.run(
+        [sys.executable, str(script)],
+        cwd=layout["working"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_json(layout: dict[str, Path]) -> dict:
+    return json.loads((layout["working"] / "run.json").read_text())
+
+
+def scratch_left() -> list[str]:
+    return [p.name for p in Path(os.environ["TMPDIR"]).iterdir() if p.name.startswith("kr-kernel-")]
+
+
+def resume_spec(expect: Marker | None, session: int = 1, **overrides: object) -> SessionSpec:
+    values: dict[str, object] = {
+        "chain_id": "chain-a",
+        "session": session,
+        "expect": expect,
+        "dataset_sources": (SOURCE,),
+        "budget_s": 600,
+        "epochs": 1,
+    }
+    values.update(overrides)
+    return SessionSpec(**values)  # type: ignore[arg-type]
+
+
+def assert_stopped_before_trainer(
+    result: subprocess.CompletedProcess[str], layout: dict[str, Path], code: int, tag: str
+) -> dict:
+    assert result.returncode == code, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith(f"{tag}: ")]
+    assert len(lines) == 1, result.stdout
+    assert not (layout["working"] / "TRAINER_STARTED").exists()
+    assert sorted(p.name for p in layout["working"].iterdir()) == ["run.json"]
+    assert scratch_left() == []
+    run = run_json(layout)
+    assert run["exit_code"] == code and run["chain"] == "chain-a" and run["result"] is None
+    return run
+
+
+# ------------------------------------------------------------------------------------- before the trainer
+
+
+def test_missing_marker_is_stale_input(layout: dict[str, Path], unreachable_trainer: Path) -> None:
+    expect = Marker("chain-a", 0, "cd" * 32)
+    script = render(layout, KrConfig(), resume_spec(expect), unreachable_trainer)
+    result = run_script(script, layout)
+    run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
+    assert run["stop_reason"] == "stale_input" and "no kr-marker.json" in run["message"]
+    assert run["resumed_from"] == {"chain": "chain-a", "session": 0, "sha256": "cd" * 32}
+
+
+@pytest.mark.parametrize("mount", LAYOUTS)
+def test_marker_of_an_older_session_is_stale_input(
+    layout: dict[str, Path], unreachable_trainer: Path, mount: str, tmp_path: Path
+) -> None:
+    tarball = checkpoint_tarball(tmp_path / "c.tar.gz", {"last.pth.tar": b"weights"})
+    older = publish(dataset_dir(layout["input"], mount), tarball, chain="chain-a", session=0)
+    expect = Marker("chain-a", 1, older.sha256)  # the chain published session 1; Kaggle mounted session 0
+    result = run_script(
+        render(layout, KrConfig(), resume_spec(expect, session=2), unreachable_trainer), layout
+    )
+    run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
+    assert "session=0" in run["message"]
+
+
+def test_tarball_that_does_not_match_the_marker_is_stale_input(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path
+) -> None:
+    folder = dataset_dir(layout["input"], "new")
+    marker = publish(
+        folder, checkpoint_tarball(tmp_path / "a.tar.gz", {"last.pth.tar": b"a"}), chain="chain-a", session=0
+    )
+    # A half-processed version: the marker is new, the tarball is still the old one.
+    checkpoint_tarball(folder / "checkpoints.tar.gz", {"last.pth.tar": b"b"})
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
+    assert "sha256" in run["message"]
+
+
+def test_corrupt_tarball_is_bad_input(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path
+) -> None:
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
+    marker = publish(dataset_dir(layout["input"], "old"), garbage, chain="chain-a", session=0)
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    run = assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
+    assert run["stop_reason"] == "bad_input" and "not a valid archive" in run["message"]
+
+
+def test_checkpoint_that_does_not_match_its_manifest_is_bad_input(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path
+) -> None:
+    tarball = checkpoint_tarball(
+        tmp_path / "c.tar.gz", {"last.pth.tar": b"flipped bits"}, manifest_files={"last.pth.tar": "00" * 32}
+    )
+    marker = publish(dataset_dir(layout["input"], "old"), tarball, chain="chain-a", session=0)
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    run = assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
+    assert "MANIFEST" in run["message"]
+
+
+def test_tarball_with_a_path_outside_is_refused(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path
+) -> None:
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as archive:
+        info = tarfile.TarInfo("../../escaped")
+        info.size = 1
+        archive.addfile(info, io.BytesIO(b"x"))
+    marker = publish(dataset_dir(layout["input"], "old"), evil, chain="chain-a", session=0)
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
+    assert not list(tmp_path.rglob("escaped"))
+
+
+def test_tampered_trainer_archive_is_refused(layout: dict[str, Path], unreachable_trainer: Path) -> None:
+    script = render(layout, KrConfig(), resume_spec(None, session=0), unreachable_trainer)
+    text = script.read_text()
+    digest = re.search(r"TRAINER_SHA256 = '([0-9a-f]{64})'", text)
+    assert digest is not None
+    script.write_text(text.replace(digest.group(1), "0" * 64))
+    run = assert_stopped_before_trainer(run_script(script, layout), layout, 1, "KR_BAD_SCRIPT")
+    assert run["stop_reason"] == "bad_script"
+
+
+# ------------------------------------------------------------------------------------- with the real trainer
+
+
+def real_trainer_dir() -> Path:
+    path = resources.trainer_source_dir()
+    if not (path / "__main__.py").is_file():
+        pytest.skip("the trainer package has no __main__.py in this checkout yet")
+    return path
+
+
+TINY = KrConfig(
+    internet=False,
+    trainer=TrainerArgs(
+        model_size="tiny",
+        batch_size=8,
+        synthetic_train=16,
+        synthetic_val=8,
+        synthetic_test=8,
+        extra_args=("--num_workers", "0", "--device", "cpu"),
+    ),
+)
+
+
+def log_lines(path: Path) -> list[str]:
+    return path.read_text().splitlines()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mount", LAYOUTS)
+def test_sessions_train_and_resume_across_mount_layouts(
+    layout: dict[str, Path], mount: str, tmp_path: Path
+) -> None:
+    trainer_dir = real_trainer_dir()
+    fresh = run_script(render(layout, TINY, resume_spec(None, session=0), trainer_dir), layout)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    first = run_json(layout)
+    assert first["exit_code"] == 0 and first["result"]["epochs_done"] == 1 and first["gpus"] == 0
+    assert "--checkpoint" not in first["args"] and first["args"][:3] == ["-m", "trainer", "--data_name"]
+    outputs = {p.name for p in layout["working"].iterdir()}
+    assert {"checkpoints.tar.gz", "training.log", "run.json"} <= outputs
+    assert scratch_left() == []
+
+    # The chain publishes session 0's outputs; session 1 runs in a fresh working dir and resumes.
+    session0 = tmp_path / "session-0"
+    shutil.copytree(layout["working"], session0)
+    marker = publish(
+        dataset_dir(layout["input"], mount),
+        session0 / "checkpoints.tar.gz",
+        chain="chain-a",
+        session=0,
+        log=session0 / "training.log",
+    )
+    shutil.rmtree(layout["working"])
+    layout["working"].mkdir()
+    resumed = run_script(render(layout, TINY, resume_spec(marker, session=1), trainer_dir), layout)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    second = run_json(layout)
+    assert second["args"][second["args"].index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
+    assert second["result"]["epoch"] > first["result"]["epoch"] and second["result"]["epochs_done"] == 1
+    assert second["resumed_from"]["sha256"] == marker.sha256
+    old_log, new_log = log_lines(session0 / "training.log"), log_lines(layout["working"] / "training.log")
+    assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
+    assert scratch_left() == []
