@@ -31,7 +31,16 @@ from kaggle_runner.emulator import Emulator, Settings
 
 USERNAME = "testuser"
 KEY = "fakekey"
-_PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "no_proxy")
+_PROXY_VARS = (
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
 
 
 class TestEmulator(Emulator):
@@ -75,12 +84,13 @@ def _write_credentials(config_dir: Path) -> Path:
     return path
 
 
-def _route_client_here(monkeypatch: pytest.MonkeyPatch, url: str, config_dir: Path, credentials: Path) -> None:
+def _route_client_here(
+    monkeypatch: pytest.MonkeyPatch, url: str, config_dir: Path, credentials: Path
+) -> None:
     """Make the official client in this process talk to ``url`` with the fake account."""
-    from kagglesdk import kaggle_env
-
     import kaggle
     from kaggle.api.kaggle_api_extended import KaggleApi
+    from kagglesdk import kaggle_env
 
     monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "LOCALHOST")
     monkeypatch.setitem(kaggle_env._env_to_endpoint, kaggle_env.KaggleEnv.LOCAL, url)
