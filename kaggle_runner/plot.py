@@ -111,10 +111,10 @@ def resolve_source(target: str | None) -> PlotSource:
             return PlotSource(path.parent.name or path.name, [SessionFiles(1, path, _if_file(run_json))])
         if path.is_dir():
             return sources_in_folder(path)
-    return sources_in_folder(*_state_folder(target))
+    return sources_in_folder(*state_folder(target))
 
 
-def _state_folder(target: str | None) -> tuple[Path, str]:
+def state_folder(target: str | None) -> tuple[Path, str]:
     """The folder under ``$KR_HOME/runs`` holding the named (or newest) chain or run."""
     from kaggle_runner import runs
 

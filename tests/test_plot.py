@@ -195,3 +195,40 @@ def test_empty_folder_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match="no training.log"):
         resolve_source(str(tmp_path / "empty"))
+
+
+# ------------------------------------------------------------------------------------------ the command
+
+
+def _kr(*args: str) -> tuple[int, str, str]:
+    from typer.testing import CliRunner
+
+    from kaggle_runner.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_kr_plot_command_writes_png_and_prints_its_path(chain_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "curves.png"
+    code, stdout, stderr = _kr("plot", str(chain_folder), "--out", str(out))
+    assert code == 0, stderr
+    assert stdout.strip() == str(out)
+    assert "3 session(s), steps 50-3000, best BLEU-4 0.7034 at step 2500" in stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_kr_plot_json_into_a_folder(chain_folder: Path, tmp_path: Path) -> None:
+    code, stdout, _ = _kr("plot", str(chain_folder), "--out", str(tmp_path), "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["out"] == str(tmp_path / f"{chain_folder.name}.png")
+    assert summary["session_starts"] == {"2": 1000, "3": 2000} and len(summary["series"]) == 6
+
+
+def test_kr_plot_bad_input_is_one_line_error(chain_folder: Path, tmp_path: Path) -> None:
+    code, stdout, stderr = _kr("plot", str(chain_folder), "--out", str(tmp_path / "curves.jpg"))
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("error: --out") and "hint: use --out" in stderr and "Traceback" not in stderr
+    code, _, stderr = _kr("plot", "nothing-like-this")
+    assert code == 2 and stderr.startswith("error: 'nothing-like-this' is neither")

@@ -11,6 +11,8 @@ from kaggle_runner.cli import (  # noqa: F401  (imported for their commands)
     init,
     launch,
     logs,
+    plot,
+    predict,
     quota,
     render,
     status,
