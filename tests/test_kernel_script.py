@@ -225,6 +225,41 @@ def test_tampered_trainer_archive_is_refused(layout: dict[str, Path], unreachabl
     assert run["stop_reason"] == "bad_script"
 
 
+@pytest.mark.parametrize("unpacked_into", ["folder of the tarball's name", "dataset root"])
+def test_dataset_unpacked_by_kaggle_is_verified_and_resumed(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path, unpacked_into: str
+) -> None:
+    files = {"last.pth.tar": b"last weights", "BEST_checkpoint_local_synthetic.pth.tar": b"best weights"}
+    tarball = checkpoint_tarball(tmp_path / "c.tar.gz", files)
+    folder = dataset_dir(layout["input"], "new")
+    marker = publish(folder, tarball, chain="chain-a", session=0)
+    (folder / "checkpoints.tar.gz").unlink()
+    target = folder / "checkpoints.tar.gz" if unpacked_into != "dataset root" else folder
+    target.mkdir(exist_ok=True)
+    with tarfile.open(tarball) as archive:
+        archive.extractall(target, filter="data")
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    # The resume reached the trainer (which only marks that it started) with the checkpoints in place.
+    assert (layout["working"] / "TRAINER_STARTED").exists(), result.stdout + result.stderr
+    restored = layout["working"] / "checkpoints"
+    assert {name: (restored / name).read_bytes() for name in files} == files
+    assert "--checkpoint" in run_json(layout)["args"]
+
+
+def test_dataset_unpacked_by_kaggle_with_a_bad_file_is_bad_input(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path
+) -> None:
+    tarball = checkpoint_tarball(tmp_path / "c.tar.gz", {"last.pth.tar": b"weights"})
+    folder = dataset_dir(layout["input"], "old")
+    marker = publish(folder, tarball, chain="chain-a", session=0)
+    (folder / "checkpoints.tar.gz").unlink()
+    with tarfile.open(tarball) as archive:
+        archive.extractall(folder, filter="data")
+    (folder / "checkpoints" / "last.pth.tar").write_bytes(b"truncated")
+    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
+
+
 # ------------------------------------------------------------------------------------- with the real trainer
 
 
@@ -252,39 +287,50 @@ def log_lines(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("mount", LAYOUTS)
-def test_sessions_train_and_resume_across_mount_layouts(
-    layout: dict[str, Path], mount: str, tmp_path: Path
-) -> None:
-    trainer_dir = real_trainer_dir()
-    fresh = run_script(render(layout, TINY, resume_spec(None, session=0), trainer_dir), layout)
-    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
-    first = run_json(layout)
-    assert first["exit_code"] == 0 and first["result"]["epochs_done"] == 1 and first["gpus"] == 0
-    assert "--checkpoint" not in first["args"] and first["args"][:3] == ["-m", "trainer", "--data_name"]
-    outputs = {p.name for p in layout["working"].iterdir()}
-    assert {"checkpoints.tar.gz", "training.log", "run.json"} <= outputs
-    assert scratch_left() == []
-
-    # The chain publishes session 0's outputs; session 1 runs in a fresh working dir and resumes.
-    session0 = tmp_path / "session-0"
-    shutil.copytree(layout["working"], session0)
-    marker = publish(
-        dataset_dir(layout["input"], mount),
-        session0 / "checkpoints.tar.gz",
-        chain="chain-a",
-        session=0,
-        log=session0 / "training.log",
-    )
+def fresh_working_dir(layout: dict[str, Path], keep_as: Path) -> Path:
+    """Keep a finished session's outputs (what kr downloads) and give the next session an empty working dir."""
+    shutil.copytree(layout["working"], keep_as)
     shutil.rmtree(layout["working"])
     layout["working"].mkdir()
-    resumed = run_script(render(layout, TINY, resume_spec(marker, session=1), trainer_dir), layout)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    second = run_json(layout)
-    assert second["args"][second["args"].index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
-    assert second["result"]["epoch"] > first["result"]["epoch"] and second["result"]["epochs_done"] == 1
-    assert second["resumed_from"]["sha256"] == marker.sha256
-    old_log, new_log = log_lines(session0 / "training.log"), log_lines(layout["working"] / "training.log")
-    assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
+    return keep_as
+
+
+def assert_session_ok(result: subprocess.CompletedProcess[str], layout: dict[str, Path]) -> dict:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run = run_json(layout)
+    assert run["exit_code"] == 0 and run["result"]["epochs_done"] == 1 and run["gpus"] == 0
+    assert {"checkpoints.tar.gz", "training.log", "run.json"} <= {p.name for p in layout["working"].iterdir()}
     assert scratch_left() == []
+    return run
+
+
+@pytest.mark.slow
+def test_three_sessions_train_and_resume_under_both_mount_layouts(
+    layout: dict[str, Path], tmp_path: Path
+) -> None:
+    trainer_dir = real_trainer_dir()
+    first = assert_session_ok(
+        run_script(render(layout, TINY, resume_spec(None, session=0), trainer_dir), layout), layout
+    )
+    assert "--checkpoint" not in first["args"] and first["args"][:3] == ["-m", "trainer", "--data_name"]
+    previous, previous_run = fresh_working_dir(layout, tmp_path / "session-0"), first
+
+    for session, mount in enumerate(LAYOUTS, start=1):
+        # The chain publishes the previous session's outputs as a dataset version; Kaggle mounts it.
+        folder = dataset_dir(layout["input"], mount)
+        marker = publish(
+            folder,
+            previous / "checkpoints.tar.gz",
+            chain="chain-a",
+            session=session - 1,
+            log=previous / "training.log",
+        )
+        script = render(layout, TINY, resume_spec(marker, session=session), trainer_dir)
+        run = assert_session_ok(run_script(script, layout), layout)
+        assert run["args"][run["args"].index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
+        assert run["result"]["epoch"] == previous_run["result"]["epoch"] + 1
+        assert run["resumed_from"]["sha256"] == marker.sha256
+        old_log, new_log = log_lines(previous / "training.log"), log_lines(layout["working"] / "training.log")
+        assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
+        shutil.rmtree(folder)  # the next version replaces this one
+        previous, previous_run = fresh_working_dir(layout, tmp_path / f"session-{session}"), run
