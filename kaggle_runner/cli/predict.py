@@ -118,11 +118,22 @@ def checkpoint_file(source: Path, scratch: Path, *, best: bool = False) -> Path:
     """A checkpoint file to load: ``source`` itself, or the one extracted from a tarball into ``scratch``."""
     if not source.is_file():
         raise UsageError(f"no such checkpoint: {source}")
-    if not tarfile.is_tarfile(source) or source.name.endswith(".pth.tar"):
-        if best:
-            raise UsageError("--best picks a checkpoint inside a checkpoints .tar.gz; give the tarball")
-        return source  # a torch checkpoint (zip format, despite the .pth.tar name)
-    return extract_checkpoint(source, scratch, best=best)
+    if _is_tarball(source):
+        return extract_checkpoint(source, scratch, best=best)
+    if best:
+        raise UsageError("--best picks a checkpoint inside a checkpoints .tar.gz; give the tarball")
+    return source  # a torch checkpoint (zip format, despite the .pth.tar name)
+
+
+def _is_tarball(path: Path) -> bool:
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return True  # by name, so that a truncated download says so instead of failing to load as torch
+    if path.name.endswith(".pth.tar"):
+        return False
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError):
+        return False
 
 
 def extract_checkpoint(tarball: Path, scratch: Path, *, best: bool = False) -> Path:
