@@ -43,13 +43,13 @@ from kaggle_runner.backends.base import (
     Quota,
 )
 from kaggle_runner.backends.retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
+from kaggle_runner.config import kaggle_config_dir
 from kaggle_runner.errors import ApiError, KrError, UsageError
 
 T = TypeVar("T")
 
 KERNEL_METADATA = "kernel-metadata.json"
 DATASET_METADATA = "dataset-metadata.json"
-DATASET_LICENSE = "CC0-1.0"
 FOLLOW_POLL_S = 15.0  # polling fallback of follow_logs: the log endpoint is not meant to be hammered
 DATASET_SLUG_LEN = (6, 50)
 DATASET_TITLE_LEN = (6, 50)
@@ -143,6 +143,9 @@ class KaggleBackend(Backend):
         # environment of this backend's creation instead, so a long-lived process sees what it was given.
         local = os.environ.get("KAGGLE_API_ENVIRONMENT") == "LOCALHOST"
         api.args = [a for a in api.args if a != "--local"] + (["--local"] if local else [])
+        # The credentials file's location is also fixed at import: find it by the same rules, now.
+        api.config_dir = str(kaggle_config_dir())
+        api.config = os.path.join(api.config_dir, api.config_file)
         captured = io.StringIO()
         try:
             with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
@@ -513,13 +516,14 @@ def _top_level_files(folder: Path) -> list[Path]:
 
 
 def _stage_dataset(staging: Path, files: list[Path], ref: str, title: str) -> None:
+    from kaggle_runner.render import render_dataset_metadata
+
     for path in files:
         try:
             os.link(path, staging / path.name)  # same file system: no copy of a large tarball
         except OSError:
             shutil.copy2(path, staging / path.name)
-    metadata = {"id": ref, "title": title, "licenses": [{"name": DATASET_LICENSE}]}
-    (staging / DATASET_METADATA).write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
+    render_dataset_metadata(staging, ref, title)
 
 
 def _check_create_result(what: str, result: Any) -> None:
