@@ -30,6 +30,8 @@ SLUG = "kr-latex-ocr-checkpoints"
 SOURCE = f"{OWNER}/{SLUG}"
 STALE = 3
 LAYOUTS = ("old", "new")
+# Offline: a kernel script with internet on may pip-install what is missing, and tests never reach PyPI.
+OFFLINE = KrConfig(internet=False)
 
 
 @pytest.fixture
@@ -143,7 +145,7 @@ def assert_stopped_before_trainer(
 
 def test_missing_marker_is_stale_input(layout: dict[str, Path], unreachable_trainer: Path) -> None:
     expect = Marker("chain-a", 0, "cd" * 32)
-    script = render(layout, KrConfig(), resume_spec(expect), unreachable_trainer)
+    script = render(layout, OFFLINE, resume_spec(expect), unreachable_trainer)
     result = run_script(script, layout)
     run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
     assert run["stop_reason"] == "stale_input" and "no kr-marker.json" in run["message"]
@@ -157,9 +159,7 @@ def test_marker_of_an_older_session_is_stale_input(
     tarball = checkpoint_tarball(tmp_path / "c.tar.gz", {"last.pth.tar": b"weights"})
     older = publish(dataset_dir(layout["input"], mount), tarball, chain="chain-a", session=0)
     expect = Marker("chain-a", 1, older.sha256)  # the chain published session 1; Kaggle mounted session 0
-    result = run_script(
-        render(layout, KrConfig(), resume_spec(expect, session=2), unreachable_trainer), layout
-    )
+    result = run_script(render(layout, OFFLINE, resume_spec(expect, session=2), unreachable_trainer), layout)
     run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
     assert "session=0" in run["message"]
 
@@ -173,7 +173,7 @@ def test_tarball_that_does_not_match_the_marker_is_stale_input(
     )
     # A half-processed version: the marker is new, the tarball is still the old one.
     checkpoint_tarball(folder / "checkpoints.tar.gz", {"last.pth.tar": b"b"})
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     run = assert_stopped_before_trainer(result, layout, STALE, "KR_STALE_INPUT")
     assert "sha256" in run["message"]
 
@@ -184,7 +184,7 @@ def test_corrupt_tarball_is_bad_input(
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"\x1f\x8b" + os.urandom(64))
     marker = publish(dataset_dir(layout["input"], "old"), garbage, chain="chain-a", session=0)
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     run = assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
     assert run["stop_reason"] == "bad_input" and "not a valid archive" in run["message"]
 
@@ -196,7 +196,7 @@ def test_checkpoint_that_does_not_match_its_manifest_is_bad_input(
         tmp_path / "c.tar.gz", {"last.pth.tar": b"flipped bits"}, manifest_files={"last.pth.tar": "00" * 32}
     )
     marker = publish(dataset_dir(layout["input"], "old"), tarball, chain="chain-a", session=0)
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     run = assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
     assert "MANIFEST" in run["message"]
 
@@ -210,13 +210,13 @@ def test_tarball_with_a_path_outside_is_refused(
         info.size = 1
         archive.addfile(info, io.BytesIO(b"x"))
     marker = publish(dataset_dir(layout["input"], "old"), evil, chain="chain-a", session=0)
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
     assert not list(tmp_path.rglob("escaped"))
 
 
 def test_tampered_trainer_archive_is_refused(layout: dict[str, Path], unreachable_trainer: Path) -> None:
-    script = render(layout, KrConfig(), resume_spec(None, session=0), unreachable_trainer)
+    script = render(layout, OFFLINE, resume_spec(None, session=0), unreachable_trainer)
     text = script.read_text()
     digest = re.search(r"TRAINER_SHA256 = '([0-9a-f]{64})'", text)
     assert digest is not None
@@ -238,7 +238,7 @@ def test_dataset_unpacked_by_kaggle_is_verified_and_resumed(
     target.mkdir(exist_ok=True)
     with tarfile.open(tarball) as archive:
         archive.extractall(target, filter="data")
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     # The resume reached the trainer (which only marks that it started) with the checkpoints in place.
     assert (layout["working"] / "TRAINER_STARTED").exists(), result.stdout + result.stderr
     restored = layout["working"] / "checkpoints"
@@ -256,7 +256,7 @@ def test_dataset_unpacked_by_kaggle_with_a_bad_file_is_bad_input(
     with tarfile.open(tarball) as archive:
         archive.extractall(folder, filter="data")
     (folder / "checkpoints" / "last.pth.tar").write_bytes(b"truncated")
-    result = run_script(render(layout, KrConfig(), resume_spec(marker), unreachable_trainer), layout)
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
     assert_stopped_before_trainer(result, layout, 1, "KR_BAD_INPUT")
 
 

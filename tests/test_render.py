@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -204,6 +206,20 @@ def test_script_is_standard_library_python_with_the_session_values(tmp_path: Pat
     assert value["TRAINER_ARGS"][:2] == ["--data_name", "synthetic"]
     args = value["TRAINER_ARGS"]
     assert args[-2:] == ["--lr", "1e-3"] and args[args.index("--batch_size") + 1] == "5"
+
+
+def test_script_passes_the_linter(tmp_path: Path, trainer_pkg: Path) -> None:
+    """Undefined names and similar slips in a template only show when a rare branch runs: lint the output."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    script = render(default_config(), tmp_path, trainer_pkg).script_path
+    lint = subprocess.run(
+        [ruff, "check", "--no-cache", "--isolated", "--select", "F,E9,B", str(script)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def test_session_values_default_to_the_config(tmp_path: Path, trainer_pkg: Path) -> None:
