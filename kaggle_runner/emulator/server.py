@@ -84,6 +84,13 @@ class EmulatorServer(ThreadingHTTPServer):
         super().__init__(address, Handler)
         self.emulator = emulator
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (a dropped or abandoned stream) is normal, not an error."""
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
