@@ -27,15 +27,13 @@ VAL_METRICS = ("bleu4", "exact_match", "edit_distance", "edit_score", "loss")
 LOG_NAME = "training.log"
 RUN_JSON_NAME = "run.json"
 
-# The kind must follow a logging level; a timestamp (with optional milliseconds) may precede it. The search
-# is not anchored so that lines carrying an extra prefix (Kaggle's streamed log adds elapsed seconds) parse too.
+# The kind must follow a logging level and be followed only by key=value fields. The search is not anchored
+# at the start so that lines with an extra prefix (Kaggle's streamed log adds elapsed seconds) parse too.
 _METRIC_LINE = re.compile(
-    r"(?:(?P<ts>\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?\s+)?"
-    r"(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+"
-    r"(?P<kind>train|val|checkpoint|stop)(?P<fields>(?:\s+[A-Za-z_][\w.]*=\S*)+)\s*$"
+    r"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)[ \t]+(train|val|checkpoint|stop)((?:[ \t]+[A-Za-z_][\w.]*=\S*)+)\s*$"
 )
-_FIELD = re.compile(r"([A-Za-z_][\w.]*)=(\S*)")
-_INT = re.compile(r"[+-]?\d+")
+# The timestamp just before the level (Python logging's asctime, with or without milliseconds).
+_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?[ \t]+$")
 
 Value = int | float | str
 
@@ -167,11 +165,19 @@ class TrainingHistory:
 
 def parse_metric_line(line: str) -> MetricLine | None:
     """The metric record on ``line``, or None for free text."""
-    match = _METRIC_LINE.search(line.rstrip("\r\n"))
+    if "=" not in line:
+        return None  # most free text: skip the regex
+    match = _METRIC_LINE.search(line)
     if match is None:
         return None
-    fields = {key: _convert(value) for key, value in _FIELD.findall(match.group("fields"))}
-    return MetricLine(kind=match.group("kind"), fields=fields, timestamp=_parse_timestamp(match.group("ts")))
+    fields = {}
+    for token in match.group(2).split():
+        key, _, value = token.partition("=")
+        fields[key] = _convert(value)
+    stamp = _TIMESTAMP.search(line, 0, match.start())
+    return MetricLine(
+        kind=match.group(1), fields=fields, timestamp=_parse_timestamp(stamp.group(1) if stamp else None)
+    )
 
 
 def complete_lines(text: str) -> list[str]:
@@ -201,18 +207,27 @@ def load_history(sessions: Sequence[SessionFiles]) -> TrainingHistory:
     """Merge the logs and run.json files of consecutive sessions (oldest first, as given)."""
     history = TrainingHistory()
     seen: set[tuple[Any, ...]] = set()
+    previous = ""
     for files in sessions:
         history.sessions.append(files.session)
-        if files.log is not None:
-            text = _read_text(files.log, history)
-            if text is not None:
-                _merge_lines(history, complete_lines(text), files.session, seen)
+        text = _read_text(files.log, history) if files.log is not None else None
+        if text is not None:
+            _merge_lines(history, complete_lines(_new_part(text, previous)), files.session, seen)
+            previous = text
         if files.run_json is not None:
             run = read_run_json(files.run_json, session=files.session, warnings=history.warnings)
             if run is not None:
                 history.runs.append(run)
     _sort(history)
     return history
+
+
+def _new_part(text: str, previous: str) -> str:
+    """What ``text`` adds to the previous session's log. A chain's log is the previous one plus new lines,
+    so the shared prefix (up to its last complete line) need not be parsed again: parsing stays linear in
+    the number of sessions. Logs that do not overlap are parsed whole; dedupe covers partial overlaps."""
+    shared = previous[: previous.rfind("\n") + 1]
+    return text[len(shared) :] if shared and text.startswith(shared) else text
 
 
 def session_files(folder: Path, session: int) -> SessionFiles:
@@ -310,8 +325,10 @@ def _existing(path: Path) -> Path | None:
 
 
 def _convert(value: str) -> Value:
-    if _INT.fullmatch(value):
+    try:
         return int(value)
+    except ValueError:
+        pass
     try:
         return float(value)
     except ValueError:

@@ -191,3 +191,17 @@ def test_module_imports_no_torch_and_no_matplotlib() -> None:
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_logs_that_do_not_extend_the_previous_one_are_still_merged(tmp_path: Path) -> None:
+    # Session 1's download was cut mid-line; session 2's log (complete) holds it all plus new lines.
+    cut = SESSION_1[: SESSION_1.index("exact_match")]
+    (tmp_path / "one.log").write_text(cut)
+    (tmp_path / "two.log").write_text(SESSION_1 + SESSION_2_NEW)
+    history = load_history([SessionFiles(1, tmp_path / "one.log"), SessionFiles(2, tmp_path / "two.log")])
+    assert [(v.step, v.session) for v in history.val] == [(200, 2), (400, 2)]
+    assert [(p.step, p.session) for p in history.train] == [(100, 1), (200, 1), (300, 2)]
+    # And the other way round: an unrelated log is parsed whole, duplicates dropped.
+    (tmp_path / "other.log").write_text(SESSION_2_NEW)
+    history = load_history([SessionFiles(1, tmp_path / "two.log"), SessionFiles(2, tmp_path / "other.log")])
+    assert [(v.step, v.session) for v in history.val] == [(200, 1), (400, 1)]
