@@ -1,0 +1,360 @@
+"""Checkpoint files, their manifest, retention, tarballs, and finding the state to resume from.
+
+A checkpoint is a plain dict of tensors and primitives (``torch.load(weights_only=True)``). Layout in OUT_DIR
+(docs/architecture.md §2):
+
+    checkpoints/last.pth.tar                                     newest resumable state
+    checkpoints/checkpoint_{hf|local}_{data_name}_epoch{N}.pth.tar  newest ``keep`` epochs
+    checkpoints/BEST_checkpoint_{hf|local}_{data_name}.pth.tar
+    checkpoints/MANIFEST.json   {"files": {file name: sha256}, "epoch", "step", "format_version"}
+    checkpoints.tar.gz, checkpoints_{YYYYmmdd-HHMMSS}.tar.gz      last + BEST + their own MANIFEST.json
+
+Every file is written to a temp file and renamed. The manifest lets a reader tell a corrupt file from a good
+one (a truncated zip fails to load; flipped bytes only show in the hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kaggle_runner.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from trainer import FORMAT_VERSION
+
+CHECKPOINT_DIR = "checkpoints"
+LAST_NAME = "last.pth.tar"
+MANIFEST_NAME = "MANIFEST.json"
+TARBALL_NAME = "checkpoints.tar.gz"
+TARBALL_PREFIX = "checkpoints_"
+GZIP_LEVEL = 1  # weights barely compress: the fastest level saves nearly as much as the slowest
+REQUIRED_KEYS = ("format_version", "model", "model_config", "optimizer", "progress", "rng", "vocab", "schedule")
+_EPOCH_RE = re.compile(r"^checkpoint_(hf|local)_(.+)_epoch(\d+)\.pth\.tar$")
+_TIMESTAMPED_RE = re.compile(r"^checkpoints_\d{8}-\d{6}\.tar\.gz$")
+_MEMBER_RE = re.compile(r"^checkpoints/([A-Za-z0-9_.\-]+)$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint or tarball that cannot be used; the message names the file and what to do."""
+
+
+# ------------------------------------------------------------------------------------------------ names
+
+
+def source_tag(use_huggingface: bool) -> str:
+    return "hf" if use_huggingface else "local"
+
+
+def epoch_file_name(tag: str, data_name: str, epoch: int) -> str:
+    return f"checkpoint_{tag}_{data_name}_epoch{epoch}.pth.tar"
+
+
+def best_file_name(tag: str, data_name: str) -> str:
+    return f"BEST_checkpoint_{tag}_{data_name}.pth.tar"
+
+
+def is_best_name(name: str) -> bool:
+    return name.startswith("BEST_checkpoint_") and name.endswith(".pth.tar")
+
+
+# ------------------------------------------------------------------------------------------- RNG states
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG the training consumes, as tensors and primitives (weights_only-safe)."""
+    np_kind, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {"kind": np_kind, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+# --------------------------------------------------------------------------------------- save and load
+
+
+def serialize(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_checkpoint(ckpt_dir: Path, name: str, data: bytes) -> None:
+    atomic_write_bytes(ckpt_dir / name, data, mode=0o644)
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Give ``dst`` the content of ``src`` atomically; a hard link costs no disk time when the file system
+    allows it (a later save replaces the name, never the shared content)."""
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"files": {}}
+    return data if isinstance(data.get("files"), dict) else {"files": {}}
+
+
+def write_manifest(directory: Path, hashes: dict[str, str], epoch: int, step: int) -> None:
+    """The manifest lists exactly the checkpoint files present, with their sha256."""
+    atomic_write_json(directory / MANIFEST_NAME,
+                      {"files": dict(sorted(hashes.items())), "epoch": epoch, "step": step,
+                       "format_version": FORMAT_VERSION})
+
+
+def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
+    """Load and verify one checkpoint file; CheckpointError says what is wrong with it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass an existing file or --checkpoint latest")
+    if expected_sha256 is None:
+        expected_sha256 = read_manifest(path.parent)["files"].get(path.name)
+    if expected_sha256 is not None and sha256_file(path) != expected_sha256:
+        raise CheckpointError(f"checkpoint {path} does not match its MANIFEST.json sha256 (corrupt or truncated)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises RuntimeError, EOFError, pickle errors... for damaged files
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}): "
+                              "it is truncated or corrupt; use another one or --checkpoint latest") from None
+    _check_contents(path, state)
+    return state
+
+
+def _check_contents(path: Path, state: Any) -> None:
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path} is not a kr trainer checkpoint (missing keys): pass a file this trainer wrote")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {state['format_version']}, this trainer reads "
+                              f"{FORMAT_VERSION}: use the trainer version that wrote it")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else ""
+
+
+# -------------------------------------------------------------------------------------------- retention
+
+
+def epoch_files(ckpt_dir: Path) -> list[tuple[int, Path]]:
+    """Epoch checkpoints, newest epoch first."""
+    found = []
+    for path in ckpt_dir.glob("checkpoint_*_epoch*.pth.tar"):
+        match = _EPOCH_RE.match(path.name)
+        if match:
+            found.append((int(match.group(3)), path))
+    return sorted(found, reverse=True)
+
+
+def prune_epoch_files(ckpt_dir: Path, keep: int) -> list[str]:
+    removed = []
+    for _, path in epoch_files(ckpt_dir)[keep:]:
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
+# --------------------------------------------------------------------------------------------- tarballs
+
+
+def pack(out_dir: Path, members: dict[Path, str], epoch: int, step: int, keep_timestamped: int) -> Path:
+    """Write checkpoints.tar.gz (and a timestamped twin) holding ``members`` (path -> sha256) and a
+    MANIFEST.json of them. Regular members only (no links), so any tar extracts it. Old timestamped
+    tarballs are pruned."""
+    hashes = {path.name: digest for path, digest in members.items()}
+    manifest = json.dumps({"files": hashes, "epoch": epoch, "step": step, "format_version": FORMAT_VERSION},
+                          indent=2, sort_keys=True).encode()
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{TARBALL_NAME}.", suffix=".tmp", dir=out_dir)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=GZIP_LEVEL) as tar:
+            for path in members:
+                _add_regular(tar, f"{CHECKPOINT_DIR}/{path.name}", path.stat().st_size, path.open("rb"))
+            _add_regular(tar, f"{CHECKPOINT_DIR}/{MANIFEST_NAME}", len(manifest), io.BytesIO(manifest))
+            tar.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o644)
+        stamped = out_dir / f"{TARBALL_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
+        link_or_copy(tmp, stamped)
+        os.replace(tmp, out_dir / TARBALL_NAME)
+    finally:
+        tmp.unlink(missing_ok=True)
+    prune_tarballs(out_dir, keep_timestamped)
+    return out_dir / TARBALL_NAME
+
+
+def _add_regular(tar: tarfile.TarFile, name: str, size: int, fileobj: Any) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = int(time.time())
+    with fileobj:
+        tar.addfile(info, fileobj)
+
+
+def timestamped_tarballs(out_dir: Path) -> list[Path]:
+    """Newest first (the timestamp sorts as text)."""
+    return sorted((p for p in out_dir.glob(f"{TARBALL_PREFIX}*.tar.gz") if _TIMESTAMPED_RE.match(p.name)),
+                  reverse=True)
+
+
+def prune_tarballs(out_dir: Path, keep: int) -> None:
+    for path in timestamped_tarballs(out_dir)[keep:]:
+        path.unlink(missing_ok=True)
+
+
+def extract_tarball(path: Path, dest: Path) -> Path:
+    """Extract a checkpoints tarball into ``dest`` after checking every member against its MANIFEST.json.
+    Returns the extracted checkpoints folder. Only plain ``checkpoints/<name>`` files are accepted."""
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            names = _extract_members(tar, dest / CHECKPOINT_DIR)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # tarfile/gzip/zlib/EOF errors on damaged archives
+        raise CheckpointError(f"tarball {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}): "
+                              "it is truncated or corrupt; use an older checkpoints_*.tar.gz") from None
+    folder = dest / CHECKPOINT_DIR
+    manifest = read_manifest(folder)
+    if MANIFEST_NAME not in names or not manifest["files"]:
+        raise CheckpointError(f"tarball {path} has no MANIFEST.json listing its checkpoints: it was not packed by kr")
+    for name, digest in manifest["files"].items():
+        if name not in names or sha256_file(folder / name) != digest:
+            raise CheckpointError(f"tarball {path}: {name} is missing or does not match MANIFEST.json (corrupt)")
+    return folder
+
+
+def _extract_members(tar: tarfile.TarFile, folder: Path) -> set[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    names = set()
+    for member in tar:
+        match = _MEMBER_RE.match(member.name)
+        if not match or not member.isfile() or match.group(1) in (".", ".."):
+            raise CheckpointError(f"unexpected tarball member {member.name!r}: not a kr checkpoints tarball")
+        source = tar.extractfile(member)
+        assert source is not None  # regular file
+        with source, open(folder / match.group(1), "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        names.add(match.group(1))
+    return names
+
+
+# ------------------------------------------------------------------------------------ what to resume
+
+
+@dataclass
+class Resumed:
+    """A loaded checkpoint, where it came from, and what was skipped on the way."""
+
+    state: dict[str, Any]
+    path: Path  # the .pth.tar file the state came from (inside a scratch folder for a tarball)
+    origin: Path  # what the user named or what `latest` picked: a file or a tarball
+    folder: Path  # the folder that held it (siblings such as BEST_ live there)
+    skipped: list[str] = field(default_factory=list)
+
+
+def resolve_checkpoint(spec: str, out_dir: Path, scratch: Path) -> Resumed | None:
+    """``spec`` is a path (checkpoint file or tarball) or ``latest``. None: ``latest`` found nothing at all."""
+    if spec == "latest":
+        return find_latest(out_dir, scratch)
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist: pass an existing file or --checkpoint latest")
+    return load_candidate(path, scratch)
+
+
+def load_candidate(path: Path, scratch: Path) -> Resumed:
+    if path.name.endswith(".tar.gz"):
+        folder = extract_tarball(path, Path(tempfile.mkdtemp(prefix="resume-", dir=scratch)))
+        inner = folder / LAST_NAME
+        if not inner.is_file():  # a tarball of a run that saved only BEST
+            inner = next(iter(sorted(folder.glob("BEST_*.pth.tar"))), inner)
+        return Resumed(state=load_checkpoint(inner), path=inner, origin=path, folder=folder)
+    return Resumed(state=load_checkpoint(path), path=path, origin=path, folder=path.parent)
+
+
+def latest_candidates(out_dir: Path) -> list[Path]:
+    """Where the newest state can be, best first: last.pth.tar (refreshed at every save), then the tarballs
+    and epoch checkpoints by modification time (a pack follows every save, so a tarball usually holds the
+    state that a damaged last.pth.tar held)."""
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    first = [ckpt_dir / LAST_NAME] if (ckpt_dir / LAST_NAME).is_file() else []
+    others = [p for p in [out_dir / TARBALL_NAME, *timestamped_tarballs(out_dir)] if p.is_file()]
+    others += [path for _, path in epoch_files(ckpt_dir)]
+    others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    return first + others
+
+
+def find_latest(out_dir: Path, scratch: Path) -> Resumed | None:
+    """The newest candidate that loads and verifies. None when there is no candidate at all; CheckpointError
+    when every candidate is damaged (starting fresh would overwrite them)."""
+    candidates = latest_candidates(out_dir)
+    skipped: list[str] = []
+    for path in candidates:
+        try:
+            resumed = load_candidate(path, scratch)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        resumed.skipped = skipped
+        return resumed
+    if candidates:
+        raise CheckpointError(f"no usable checkpoint in {out_dir}: all {len(candidates)} are damaged "
+                              f"(first: {skipped[0]}); move them away to start fresh")
+    return None
+
+
+def carry_best(resumed: Resumed, ckpt_dir: Path) -> Path | None:
+    """Copy the BEST_ file that sat beside the resumed state into OUT_DIR/checkpoints if that has none, so the
+    next tarball keeps it (a new session starts with an empty working folder)."""
+    if resumed.folder.resolve() == ckpt_dir.resolve():
+        return None
+    for best in sorted(resumed.folder.glob("BEST_checkpoint_*.pth.tar")):
+        target = ckpt_dir / best.name
+        if not target.exists():
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            link_or_copy(best, target)
+            return target
+    return None

@@ -1,0 +1,183 @@
+"""The trainer's command line (docs/architecture.md §2) and the configuration it produces.
+
+Parsing imports nothing heavy: ``python -m trainer --help`` and bad flags answer before torch loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+from typing import NoReturn
+
+# Kept in step with trainer.data.DATA_NAMES (a test checks); duplicated so parsing needs no torch import.
+DATA_NAMES = ("small", "full", "synthetic_handwrite", "human_handwrite", "human_handwrite_print", "synthetic")
+MODEL_SIZES = ("tiny", "small", "base")
+BEST_METRICS = ("exact_match", "bleu4", "edit_score")
+# Learning rates that train each size well with AdamW (smaller models tolerate larger steps).
+DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}
+
+
+@dataclass
+class TrainConfig:
+    data_name: str = "synthetic"
+    use_huggingface: bool | None = None
+    hf_repo: str = "linxy/LaTeX_OCR"
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    synthetic_train: int = 4000
+    synthetic_val: int = 300
+    synthetic_test: int = 300
+    out_dir: str = "."
+    checkpoint: str | None = None
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    time_budget: float | None = None
+    model_size: str = "base"
+    seed: int = 0
+    batch_size: int = 32
+    lr: float | None = None
+    weight_decay: float = 0.01
+    warmup_steps: int = 500
+    schedule_steps: int | None = None
+    schedule_epochs: int = 50
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.1
+    max_target_len: int = 200
+    num_workers: int = 2
+    save_every_minutes: float = 8.0
+    log_every: int = 50
+    best_metric: str = "exact_match"
+    keep_epochs: int = 5
+    keep_tarballs: int = 3
+    val_max_samples: int = 0
+    device: str = "auto"
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.model_size]
+
+    @property
+    def resolved_use_huggingface(self) -> bool:
+        """Explicit flag wins; otherwise Hugging Face only for a named dataset without --data_dir."""
+        if self.use_huggingface is not None:
+            return self.use_huggingface
+        return self.data_dir is None and self.data_name != "synthetic"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage + error over two lines; kr's contract is one line that says what to do."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"error: {message} (see python -m trainer --help)\n")
+        raise SystemExit(2)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineErrorParser(
+        prog="python -m trainer",
+        description="Train the image-to-LaTeX OCR model; resumable exactly, stops in time before a deadline.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_data_flags(p)
+    _add_run_flags(p)
+    _add_optimization_flags(p)
+    _add_artifact_flags(p)
+    return p
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data_name", choices=DATA_NAMES, default="synthetic",
+                   help="dataset configuration (linxy/LaTeX_OCR config, or the offline synthetic set)")
+    hf = g.add_mutually_exclusive_group()
+    hf.add_argument("--use_huggingface", dest="use_huggingface", action="store_true", default=None,
+                    help="load with datasets.load_dataset(hf_repo, data_name) (default for named sets without --data_dir)")
+    hf.add_argument("--no_huggingface", dest="use_huggingface", action="store_false",
+                    help="never touch Hugging Face (needs --data_dir or --data_name synthetic)")
+    g.add_argument("--hf_repo", default="linxy/LaTeX_OCR", help="Hugging Face dataset repository")
+    g.add_argument("--data_dir", default=None,
+                   help="local parquet files DIR/{train,validation,test}*.parquet with columns image, text")
+    g.add_argument("--cache_dir", default=None, help="synthetic-set cache (default $KR_CACHE_DIR or ~/.cache/kaggle-runner)")
+    g.add_argument("--synthetic_train", type=_positive_int, default=4000, help="synthetic training samples")
+    g.add_argument("--synthetic_val", type=_positive_int, default=300, help="synthetic validation samples")
+    g.add_argument("--synthetic_test", type=_positive_int, default=300, help="synthetic test samples")
+    g.add_argument("--max_target_len", type=_positive_int, default=200,
+                   help="longest target in tokens; longer texts are cut and counted in the log")
+    g.add_argument("--val_max_samples", type=_non_negative_int, default=0,
+                   help="validate on at most this many samples (0: the whole validation split)")
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("run length and resume")
+    g.add_argument("--checkpoint", default=None,
+                   help="resume from PATH (a .pth.tar file or a checkpoints tarball) or 'latest' (newest valid "
+                        "state in OUT_DIR/checkpoints or OUT_DIR's tarballs; starts fresh if there is none)")
+    g.add_argument("--max_epochs", type=_positive_int, default=None, help="train N more epochs in this run")
+    g.add_argument("--max_steps", type=_positive_int, default=None, help="train N more optimizer steps in this run")
+    g.add_argument("--time_budget", type=_positive_float, default=None,
+                   help="seconds this run may take, everything saved; the env var KR_DEADLINE (absolute Unix "
+                        "time) also applies, the earlier wins")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    g.add_argument("--num_workers", type=_non_negative_int, default=2,
+                   help="DataLoader worker processes (results do not depend on it)")
+
+
+def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and optimization")
+    g.add_argument("--model_size", choices=MODEL_SIZES, default="base",
+                   help="base: sized for a 16 GB T4; small; tiny: CPU tests (a resumed run keeps its checkpoint's size)")
+    g.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and dropout")
+    g.add_argument("--batch_size", type=_positive_int, default=32, help="samples per optimizer step")
+    g.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"peak learning rate (default by size: {DEFAULT_LR})")
+    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
+    g.add_argument("--warmup_steps", type=_non_negative_int, default=500, help="linear warmup steps")
+    g.add_argument("--schedule_steps", type=_positive_int, default=None,
+                   help="cosine horizon in steps, fixed at the first run and kept in the checkpoint "
+                        "(default: schedule_epochs x steps per epoch)")
+    g.add_argument("--schedule_epochs", type=_positive_int, default=50,
+                   help="cosine horizon in epochs when --schedule_steps is not given")
+    g.add_argument("--grad_clip", type=_positive_float, default=1.0, help="gradient norm clip")
+    g.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+
+
+def _add_artifact_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("outputs")
+    g.add_argument("--out_dir", default=".", help="where checkpoints/, tarballs, training.log, trainer_result.json go")
+    g.add_argument("--save_every_minutes", type=_positive_float, default=8.0,
+                   help="refresh checkpoints/last.pth.tar and the tarballs this often (bounds lost work)")
+    g.add_argument("--log_every", type=_positive_int, default=50, help="a train metric line every N steps")
+    g.add_argument("--best_metric", choices=BEST_METRICS, default="exact_match",
+                   help="validation metric that picks BEST_ (ties broken by edit_score)")
+    g.add_argument("--keep_epochs", type=_positive_int, default=5, help="epoch checkpoints kept (newest)")
+    g.add_argument("--keep_tarballs", type=_positive_int, default=3, help="timestamped tarballs kept (newest)")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    namespace = build_parser().parse_args(argv)
+    return TrainConfig(**vars(namespace))

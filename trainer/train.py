@@ -1,0 +1,546 @@
+"""The training loop: exact resume, deadline-aware stopping, validation, checkpoints and tarballs.
+
+Exactness (bit for bit on CPU): the data order is a pure function of (seed, epoch) and the position in the
+epoch; the DataLoader draws from its own generator, never from the global torch RNG; every RNG, the
+optimizer, the scaler, the schedule position and the running loss window are in the checkpoint; validation
+and saving consume no random numbers. So a run stopped anywhere and resumed takes the same steps with the
+same numbers as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kaggle_runner.fsutil import atomic_write_json, sha256_file
+from trainer import FORMAT_VERSION
+from trainer import checkpoint as ckpt
+from trainer.budget import DeadlineError, StopClock, read_env_deadline
+from trainer.config import TrainConfig
+from trainer.data import (
+    Batch,
+    DataConfig,
+    DataError,
+    OcrDataset,
+    PreparedSplit,
+    WidthBucketSampler,
+    collate,
+    load_texts_and_images,
+    padding_share,
+    prepare_split,
+)
+from trainer.images import ImageSpec
+from trainer.inference import decode_split
+from trainer.logs import get_logger, log_metrics, setup_logging
+from trainer.metrics import score_texts
+from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
+from trainer.runtime import Runtime, RuntimeSetupError, detect_runtime
+from trainer.tokenizer import Vocab
+
+RESULT_NAME = "trainer_result.json"
+MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
+# Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them).
+IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
+                 "model_size", "best_metric")
+
+
+class InputError(Exception):
+    """Bad input found while setting up; one line that says what to do."""
+
+
+INPUT_ERRORS = (InputError, DataError, ckpt.CheckpointError, DeadlineError, RuntimeSetupError)
+
+
+# ------------------------------------------------------------------------------------------ state pieces
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # completed epochs; the epoch being trained has index `epoch`
+    batch_in_epoch: int = 0  # batches of that epoch already trained
+    global_step: int = 0
+
+
+@dataclass
+class LossWindow:
+    """Train-loss average since the last train line; saved so resumed lines match uninterrupted ones."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    samples: int = 0
+
+    def add(self, loss: float, samples: int) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.samples += samples
+
+
+def lr_at(step: int, schedule: dict[str, float]) -> float:
+    """Linear warmup, then cosine to MIN_LR_RATIO x peak at the horizon; a pure function of the step."""
+    peak, warmup, total = schedule["base_lr"], int(schedule["warmup_steps"]), int(schedule["total_steps"])
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def plain(obj: Any) -> Any:
+    """Dataclass/Path-free copy for a weights_only checkpoint."""
+    if isinstance(obj, dict):
+        return {str(k): plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, runtime: Runtime, start: float) -> None:
+        self.cfg = cfg
+        self.runtime = runtime
+        self.start = start
+        self.log = get_logger()
+        self.out_dir = Path(cfg.out_dir)
+        self.ckpt_dir = self.out_dir / ckpt.CHECKPOINT_DIR
+        self.clock = StopClock.create(start, cfg.time_budget, read_env_deadline())
+        self.stop_signal: int | None = None
+        self.progress = Progress()
+        self.window = LossWindow()
+        self.best: dict[str, Any] | None = None
+        self.last_val: dict[str, Any] | None = None
+        self.last_train_loss: float | None = None
+        self.steps_done = self.epochs_done = 0
+        self.dirty = True  # state differs from what last.pth.tar holds
+        self.last_save_time = time.time()
+        self.window_started = time.time()
+
+    # The order matters for exactness: everything that consumes random numbers (model init) happens
+    # before the RNG states are restored from the checkpoint.
+    def setup(self) -> None:
+        self.resumed = self._resolve_checkpoint()
+        state = self.resumed.state if self.resumed else None
+        if state is not None:
+            self._adopt_identity(state)
+        seed_everything(self.cfg.seed)
+        self.data_cfg = self._data_config()
+        self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
+        self.spec = ImageSpec(**state["image_spec"]) if state else ImageSpec()
+        self.vocab, self.train_split = self._load_train(state)
+        self.val_split = self._load_validation()
+        self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
+                                          rank=self.runtime.rank, world_size=self.runtime.world_size)
+        self.steps_per_epoch = len(self.sampler)
+        self._build_model(state)
+        if state is not None:
+            self._restore(state)
+        self._log_start()
+
+    def _resolve_checkpoint(self) -> ckpt.Resumed | None:
+        if not self.cfg.checkpoint:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".kr-resume-", dir=self.out_dir) as scratch:
+            resumed = ckpt.resolve_checkpoint(self.cfg.checkpoint, self.out_dir, Path(scratch))
+            for problem in resumed.skipped if resumed else []:
+                self.log.warning(f"skipped damaged checkpoint: {problem}")
+            if resumed is None:
+                self.log.warning(f"--checkpoint latest: no checkpoint in {self.out_dir}, starting fresh")
+                return None
+            carried = ckpt.carry_best(resumed, self.ckpt_dir)
+            if carried:
+                self.log.info(f"copied {carried.name} from {resumed.origin} into {self.ckpt_dir}")
+        self._warn_if_best(resumed)
+        return resumed
+
+    def _warn_if_best(self, resumed: ckpt.Resumed) -> None:
+        if not ckpt.is_best_name(resumed.path.name):
+            return
+        progress = resumed.state["progress"]
+        newer = resumed.folder / ckpt.LAST_NAME
+        hint = str(newer) if newer.exists() and resumed.folder != resumed.path.parent.parent else "latest"
+        if resumed.origin.name.endswith(".tar.gz") or not newer.exists():
+            hint = f"{self.ckpt_dir / ckpt.LAST_NAME} (or --checkpoint latest)"
+        self.log.warning(
+            f"resuming from {resumed.path.name} (epoch {progress['epoch']}, step {progress['global_step']}) "
+            f"throws away the training after the best epoch; --checkpoint {hint} resumes the latest state"
+        )
+
+    def _adopt_identity(self, state: dict[str, Any]) -> None:
+        saved = state.get("train_config", {})
+        changed = []
+        for key in IDENTITY_KEYS:
+            if key in saved and saved[key] != getattr(self.cfg, key):
+                changed.append(f"{key}={saved[key]}")
+                setattr(self.cfg, key, saved[key])
+        if changed:
+            self.log.info("resuming with the checkpoint's settings: " + " ".join(changed))
+        data = state.get("data_config", {})
+        if data and data.get("data_name") != self.cfg.data_name:
+            raise InputError(f"the checkpoint trained on data_name {data.get('data_name')!r}, not "
+                             f"{self.cfg.data_name!r}: pass --data_name {data.get('data_name')} or start without --checkpoint")
+
+    def _data_config(self) -> DataConfig:
+        c = self.cfg
+        return DataConfig(data_name=c.data_name, use_huggingface=c.resolved_use_huggingface, hf_repo=c.hf_repo,
+                          data_dir=c.data_dir, cache_dir=c.cache_dir, synthetic_train=c.synthetic_train,
+                          synthetic_val=c.synthetic_val, synthetic_test=c.synthetic_test, seed=c.seed)
+
+    def _load_train(self, state: dict[str, Any] | None) -> tuple[Vocab, PreparedSplit]:
+        texts, images = load_texts_and_images(self.data_cfg, "train")
+        vocab = Vocab.from_list(state["vocab"]) if state else Vocab.build(texts)
+        split = prepare_split(texts, images, vocab, self.spec, self.cfg.max_target_len)
+        self._log_data_report("train", split)
+        return vocab, split
+
+    def _load_validation(self) -> PreparedSplit:
+        texts, images = load_texts_and_images(self.data_cfg, "validation")
+        if self.cfg.val_max_samples:
+            texts, images = texts[: self.cfg.val_max_samples], images[: self.cfg.val_max_samples]
+        split = prepare_split(texts, images, self.vocab, self.spec, self.cfg.max_target_len)
+        self._log_data_report("validation", split)
+        if len(split) == 0:
+            raise DataError("no readable image in the validation split: check the data source")
+        return split
+
+    def _log_data_report(self, name: str, split: PreparedSplit) -> None:
+        log_metrics("data", split=name, **split.report)
+        for message in split.errors:
+            self.log.warning(f"{name}: unreadable image left out: {message}")
+        if split.report.get("shrunk_to_fit"):
+            self.log.warning(f"{name}: {split.report['shrunk_to_fit']} images were larger than the model input "
+                             f"({self.spec.height}x{self.spec.max_width}) and were shrunk to fit")
+        if split.report.get("truncated_targets"):
+            self.log.warning(f"{name}: {split.report['truncated_targets']} formulas are longer than "
+                             f"--max_target_len {self.cfg.max_target_len} tokens and were cut for training")
+        if len(split) == 0:
+            raise DataError(f"no readable image in the {name} split: check the data source")
+
+    def _build_model(self, state: dict[str, Any] | None) -> None:
+        if state is not None:
+            model_cfg = ModelConfig.from_dict(state["model_config"])
+        else:
+            model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2)
+        self.model = ImageToLatex(model_cfg).to(self.runtime.device)
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.cfg.resolved_lr, betas=(0.9, 0.98))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.is_cuda)
+        self.schedule = state["schedule"] if state else self._new_schedule()
+
+    def _new_schedule(self) -> dict[str, float]:
+        total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
+        warmup = min(self.cfg.warmup_steps, total // 5)
+        return {"base_lr": self.cfg.resolved_lr, "warmup_steps": warmup, "total_steps": total}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler") and self.runtime.is_cuda:
+                self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ckpt.CheckpointError(f"{self.resumed.path if self.resumed else '?'} does not fit this model "
+                                       f"({str(exc).splitlines()[0][:160]}): use a checkpoint this trainer wrote") from None
+        self.progress = Progress(**state["progress"])
+        self.window = LossWindow(**state.get("loss_window", {}))
+        self.best = state.get("best")
+        self.last_val = state.get("last_val")
+        self.last_train_loss = state.get("train_loss")
+        ckpt.restore_rng(state["rng"])
+        self.dirty = not (self.ckpt_dir / ckpt.LAST_NAME).exists() or not (self.out_dir / ckpt.TARBALL_NAME).exists()
+
+    def _log_start(self) -> None:
+        p = self.progress
+        source = f"resumed from {self.resumed.origin}" if self.resumed else "fresh start"
+        self.log.info(f"{source}; device {self.runtime.device}; {count_parameters(self.model):,} parameters; "
+                      f"{self.steps_per_epoch} steps per epoch; schedule {self.schedule}")
+        log_metrics("start", epoch=p.epoch, step=p.global_step, batch_in_epoch=p.batch_in_epoch,
+                    model_size=self.cfg.model_size, batch_size=self.cfg.batch_size,
+                    padding_share=round(padding_share(self.sampler, self.train_split.widths, p.epoch), 4))
+        if self.clock.deadline is not None:
+            self.log.info(f"stop by {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.clock.deadline))} "
+                          f"({self.clock.reason}, margin {self.clock.margin_s:.0f} s)")
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def run(self) -> dict[str, Any]:
+        reason = self._train_until_stop()
+        if self.dirty:
+            self._save(epoch_file=False, best_file=False)
+        return self._finish(reason)
+
+    def _train_until_stop(self) -> str:
+        loader = self._loader()
+        while True:
+            if self.progress.batch_in_epoch >= self.steps_per_epoch:
+                reason = self._finish_epoch()
+                if reason:
+                    return reason
+                continue
+            reason = self._stop_reason()
+            if reason:
+                return reason
+            self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
+            for batch in loader:
+                self._train_step(batch)
+                self._maybe_periodic_save()
+                reason = self._stop_reason()
+                if reason:
+                    return reason
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
+        return torch.utils.data.DataLoader(
+            OcrDataset(self.train_split), batch_sampler=self.sampler, collate_fn=collate,
+            num_workers=self.cfg.num_workers, pin_memory=self.runtime.is_cuda,
+            generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _stop_reason(self) -> str | None:
+        """Why to stop before the next step, if at all."""
+        if self.stop_signal is not None:
+            return "signal"
+        if self.cfg.max_steps is not None and self.steps_done >= self.cfg.max_steps:
+            return "max_steps"
+        if self.progress.global_step >= self.schedule["total_steps"]:
+            return "completed"
+        ends_epoch = self.progress.batch_in_epoch + 1 >= self.steps_per_epoch
+        if not self.clock.room_for_step(ends_epoch):
+            return self.clock.reason
+        return None
+
+    def _train_step(self, batch: Batch) -> None:
+        began = time.time()
+        batch = batch.to(self.runtime.device, non_blocking=True)
+        lr = lr_at(self.progress.global_step, self.schedule)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.runtime.is_cuda):
+            logits = self.model(batch.images, batch.tgt_in, batch.widths)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=Vocab.PAD,
+                               label_smoothing=self.cfg.label_smoothing)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_value = float(loss.item())
+        if not math.isfinite(loss_value) and not self.runtime.is_cuda:
+            raise FloatingPointError(f"training loss became {loss_value} at step {self.progress.global_step}")
+        self.progress.global_step += 1
+        self.progress.batch_in_epoch += 1
+        self.steps_done += 1
+        self.dirty = True
+        self.window.add(loss_value, len(batch))
+        self.clock.record_step(time.time() - began)
+        if self.progress.global_step % self.cfg.log_every == 0 or self.progress.batch_in_epoch >= self.steps_per_epoch:
+            self._log_train(lr)
+
+    def _log_train(self, lr: float) -> None:
+        elapsed = max(time.time() - self.window_started, 1e-9)
+        self.last_train_loss = self.window.loss_sum / max(self.window.steps, 1)
+        log_metrics("train", epoch=self.progress.epoch + 1, step=self.progress.global_step,
+                    loss=self.last_train_loss, lr=lr, samples_per_s=self.window.samples / elapsed)
+        self.window = LossWindow()
+        self.window_started = time.time()
+
+    # ----------------------------------------------------------------------------------- epoch end
+
+    def _finish_epoch(self) -> str | None:
+        """Validate, then count the epoch and save its checkpoint. A stop request during validation leaves the
+        epoch pending (the next run validates it)."""
+        if self.stop_signal is not None:
+            return "signal"
+        began = time.time()
+        metrics = self._validate()
+        if metrics is None:
+            return "signal" if self.stop_signal is not None else self.clock.reason
+        self.clock.record_validation(time.time() - began)
+        self.progress.epoch += 1
+        self.progress.batch_in_epoch = 0
+        self.epochs_done += 1
+        self.dirty = True
+        self.last_val = {**metrics, "epoch": self.progress.epoch, "step": self.progress.global_step}
+        log_metrics("val", epoch=self.progress.epoch, step=self.progress.global_step, **metrics)
+        improved = self._is_improvement(metrics)
+        if improved:
+            self.best = dict(self.last_val)
+        self._save(epoch_file=True, best_file=improved)
+        if self.cfg.max_epochs is not None and self.epochs_done >= self.cfg.max_epochs:
+            return "max_epochs"
+        return None
+
+    def _validate(self) -> dict[str, float] | None:
+        def should_continue() -> bool:
+            return self.stop_signal is None and self.clock.room_for(self.clock.step_estimate())
+
+        result = decode_split(self.model, self.val_split, self.vocab, self.cfg.batch_size, self.runtime.device,
+                              should_continue)
+        if not result.complete:
+            self.log.info("validation interrupted; the next run validates this epoch")
+            return None
+        metrics = score_texts(result.hypotheses, self.val_split.texts)
+        return {**metrics, "loss": result.loss, "samples": len(self.val_split)}
+
+    def _is_improvement(self, metrics: dict[str, float]) -> bool:
+        key = self.cfg.best_metric
+        if self.best is None:
+            return True
+        return (metrics[key], metrics["edit_score"]) > (self.best[key], self.best["edit_score"])
+
+    # -------------------------------------------------------------------------------------- saving
+
+    def _maybe_periodic_save(self) -> None:
+        if time.time() - self.last_save_time >= self.cfg.save_every_minutes * 60:
+            self._save(epoch_file=False, best_file=False)
+
+    def _save(self, *, epoch_file: bool, best_file: bool) -> None:
+        if not self.runtime.is_main_process:
+            return
+        began = time.time()
+        data = ckpt.serialize(self._state())
+        digest = ckpt.sha256_bytes(data)
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        hashes = dict(ckpt.read_manifest(self.ckpt_dir)["files"])
+        last = self.ckpt_dir / ckpt.LAST_NAME
+        written = []
+        if epoch_file:
+            name = ckpt.epoch_file_name(self.tag, self.cfg.data_name, self.progress.epoch)
+            ckpt.write_checkpoint(self.ckpt_dir, name, data)
+            ckpt.link_or_copy(self.ckpt_dir / name, last)
+            hashes[name] = digest
+            written.append(("epoch", name))
+        else:
+            ckpt.write_checkpoint(self.ckpt_dir, ckpt.LAST_NAME, data)
+        hashes[ckpt.LAST_NAME] = digest
+        written.append(("last", ckpt.LAST_NAME))
+        best = self.ckpt_dir / ckpt.best_file_name(self.tag, self.cfg.data_name)
+        if best_file:
+            ckpt.link_or_copy(last, best)
+            hashes[best.name] = digest
+            written.append(("best", best.name))
+        self._write_manifest(hashes)
+        members = {last: digest} | ({best: hashes[best.name]} if best.name in hashes else {})
+        tarball = ckpt.pack(self.out_dir, members, self.progress.epoch, self.progress.global_step,
+                            self.cfg.keep_tarballs)
+        self.dirty = False
+        self.last_save_time = time.time()
+        self.clock.record_save(self.last_save_time - began)
+        for kind, name in written:
+            log_metrics("checkpoint", kind=kind, path=f"{ckpt.CHECKPOINT_DIR}/{name}", epoch=self.progress.epoch,
+                        step=self.progress.global_step)
+        log_metrics("tarball", path=tarball.name, epoch=self.progress.epoch, step=self.progress.global_step,
+                    seconds=self.last_save_time - began)
+
+    def _write_manifest(self, hashes: dict[str, str]) -> None:
+        ckpt.prune_epoch_files(self.ckpt_dir, self.cfg.keep_epochs)
+        present = {p.name for p in self.ckpt_dir.glob("*.pth.tar")}
+        hashes = {name: digest for name, digest in hashes.items() if name in present}
+        for name in present - hashes.keys():  # e.g. a BEST_ carried over from the resumed tarball
+            hashes[name] = sha256_file(self.ckpt_dir / name)
+        ckpt.write_manifest(self.ckpt_dir, hashes, self.progress.epoch, self.progress.global_step)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model": self.model.state_dict(),
+            "model_config": self.model.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.runtime.is_cuda else {},
+            "schedule": dict(self.schedule),
+            "rng": ckpt.capture_rng(),
+            "progress": asdict(self.progress),
+            "loss_window": asdict(self.window),
+            "train_loss": self.last_train_loss,
+            "best": self.best,
+            "last_val": self.last_val,
+            "vocab": self.vocab.to_list(),
+            "image_spec": asdict(self.spec),
+            "data_config": plain(asdict(self.data_cfg)),
+            "train_config": plain(self.cfg.to_dict()),
+            "saved_at": time.time(),
+        }
+
+    # ---------------------------------------------------------------------------------------- finish
+
+    def _finish(self, reason: str) -> dict[str, Any]:
+        p = self.progress
+        log_metrics("stop", reason=reason, epoch=p.epoch, step=p.global_step, epochs_done=self.epochs_done,
+                    steps_done=self.steps_done)
+        result = {
+            "stop_reason": reason, "epoch": p.epoch, "step": p.global_step, "batch_in_epoch": p.batch_in_epoch,
+            "epochs_done": self.epochs_done, "steps_done": self.steps_done, "best": self.best,
+            "last_val": self.last_val, "train_loss": self.last_train_loss,
+            "seconds": round(time.time() - self.start, 3), "model_size": self.cfg.model_size,
+            "data_name": self.cfg.data_name,
+        }
+        if self.runtime.is_main_process:
+            atomic_write_json(self.out_dir / RESULT_NAME, result)
+        return result
+
+    def request_stop(self, signum: int, _frame: object) -> None:
+        if self.stop_signal is None:
+            self.log.info(f"received {signal.Signals(signum).name}: finishing the current step, then saving")
+        self.stop_signal = signum
+
+
+# ------------------------------------------------------------------------------------------------ entry
+
+
+def run(cfg: TrainConfig, start: float) -> int:
+    """Train as configured; returns the process exit code (docs/architecture.md §2)."""
+    try:
+        runtime = detect_runtime(cfg.device)
+    except RuntimeSetupError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process)
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(cfg, runtime, start)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, trainer.request_stop)
+        trainer.setup()
+    except INPUT_ERRORS as exc:
+        return _input_error(exc)
+    except Exception:
+        log.exception("crashed while setting up")
+        return 1
+    try:
+        trainer.run()
+    except Exception:
+        log.exception(f"crashed at step {trainer.progress.global_step}")
+        return 1
+    return 0
+
+
+def _input_error(exc: BaseException) -> int:
+    """One line on stderr (and in the log), exit code 2; nothing saved has been touched."""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    get_logger().error(f"input error: {message}")
+    sys.stderr.write(f"error: {message}\n")
+    return 2
