@@ -73,7 +73,8 @@ def launch(
     """Push one training session and record it as a run (prints the run id)."""
     config = configured(load_config(), backend=backend, accelerator=accelerator)
     target = get_backend(config.backend, config)
-    progress(f"pushing {config.kernel_slug} ({epochs} epoch(s)) to the {config.backend} backend")
+    account = target.username()  # missing credentials stop here, before anything is rendered
+    progress(f"pushing {account}/{config.kernel_slug} ({epochs} epoch(s)) to the {config.backend} backend")
     record = runs.launch(config, target, epochs=epochs, timeout_s=timeout)
     progress(f"run {record.run_id}: {record.ref} version {record.version} is {record.state}")
     if wait:
