@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from kaggle_runner.backends.base import (
     Backend,
@@ -42,6 +42,9 @@ from kaggle_runner.backends.base import (
 )
 from kaggle_runner.errors import ApiError, KrError, UsageError
 from kaggle_runner.fsutil import atomic_write_json, read_json, sha256_file
+
+if TYPE_CHECKING:
+    from kaggle_runner.config import KrConfig
 
 FORMAT_VERSION = 1
 
@@ -512,7 +515,8 @@ def classify_failure(
         return FailureKind.STALE_INPUT
     if run is not None and run.get("exit_code") == STALE_INPUT_EXIT_CODE:
         return FailureKind.STALE_INPUT
-    if run is None and _looks_like_time_limit(status.failure_message, ran_s, timeout_s):
+    trainer_crashed = run is not None and run.get("exit_code") not in (None, 0)
+    if not trainer_crashed and _looks_like_time_limit(status.failure_message, ran_s, timeout_s):
         return FailureKind.TIME_LIMIT
     return FailureKind.KERNEL_ERROR
 
@@ -548,6 +552,29 @@ class SessionRequest:
 
 
 Renderer = Callable[[SessionRequest, Path], None]
+
+
+def config_renderer(config: KrConfig, owner: str) -> Renderer:
+    """The renderer of real kernels: ``kaggle_runner.render`` with the chain's session spec."""
+
+    def render(request: SessionRequest, folder: Path) -> None:
+        from kaggle_runner.marker import Marker
+        from kaggle_runner.render import SessionSpec, render_kernel
+
+        expect = Marker(**request.expect) if request.expect else None
+        spec = SessionSpec(
+            chain_id=request.chain_id,
+            session=request.session,
+            expect=expect,
+            dataset_sources=request.dataset_sources,
+            budget_s=request.budget_s,
+            epochs=request.epochs,
+        )
+        render_kernel(config, folder, session=spec, owner=owner)
+
+    return render
+
+
 Notify = Callable[[dict[str, Any]], None]
 Echo = Callable[[str], None]
 
@@ -604,6 +631,7 @@ class ChainRunner:
         try:
             while not self.record.state.is_terminal:
                 self._timed_step(handlers[self.record.state])
+            self._save()  # the last step's kr_seconds
         except KrError as exc:
             self.record.halted = exc.message
             self._save()
@@ -696,7 +724,7 @@ class ChainRunner:
             except PushRefused:
                 raise
             except (ApiError, OSError) as exc:
-                if attempt == self.timing.api_max_attempts:
+                if attempt == self.timing.api_max_attempts or _is_permanent(exc):
                     raise ApiError(f"{what} kept failing: {_short(exc)}", hint=self._resume_hint()) from None
                 self.echo(f"{what} failed ({_short(exc)}); retrying in {delay:.0f}s")
                 self._sleep(delay)
@@ -881,6 +909,11 @@ class ChainRunner:
             self._transition(ChainState.WAITING_GPU_SLOT, "gpu_session_limit", message=refused.message)
         elif refused.reason == "quota_exhausted":
             self._quota_exhausted(None, refused.message)
+        elif refused.reason == "invalid_sources" and self.record.session > 1:
+            # The checkpoint dataset is ready but not yet visible to kernels: the stale-input branch.
+            attempt = session.attempt
+            attempt.outcome, attempt.failure_message = FailureKind.STALE_INPUT.value, refused.message
+            self._retry_after(FailureKind.STALE_INPUT, refused.message)
         else:
             self._transition(
                 ChainState.FAILED_REFUSED, refused.reason, message=f"push refused: {refused.message}"
@@ -895,18 +928,18 @@ class ChainRunner:
 
     def _poll_kernel(self) -> None:
         attempt = self.record.current.attempt
-        assert attempt.version is not None  # RUNNING is entered with the pushed version recorded
+        version = _pushed_version(attempt)
         interval, last_state, log_offset = self.timing.poll_initial_s, None, 0
         while True:
             status = self._call(
                 "reading the kernel's status",
-                lambda: self.backend.status(self.spec.kernel_ref, attempt.version),
-            )  # type: ignore[arg-type]
+                lambda: self.backend.status(self.spec.kernel_ref, version),
+            )
             if status.state is KernelState.RUNNING and attempt.running_at is None:
                 attempt.running_at = self.clock.time()
                 self._save()
             if self.follow_logs:
-                log_offset = self._print_new_log(attempt.version, log_offset)
+                log_offset = self._print_new_log(version, log_offset)
             if status.state.is_terminal:
                 self._kernel_ended(attempt, status)
                 return
@@ -937,17 +970,22 @@ class ChainRunner:
 
     def _kernel_failed(self, attempt: Attempt, status: KernelStatus) -> None:
         session = self.record.current
-        session.gpu_seconds += self._ran_s(attempt) or 0.0
-        log_text = self._call_once(lambda: self.backend.logs(self.spec.kernel_ref, attempt.version)) or ""  # type: ignore[arg-type]
-        run = self._failed_run_json(attempt)
+        version = _pushed_version(attempt)
+        log_text = self._call_once(lambda: self.backend.logs(self.spec.kernel_ref, version)) or ""
+        incoming = self.session_dir() / ".incoming"
+        run = self._failed_outputs(version, incoming)
         kind = classify_failure(
             status, log_text, run, ran_s=self._ran_s(attempt), timeout_s=attempt.timeout_s
         )
         attempt.outcome = kind.value
         attempt.log_excerpt = log_excerpt(log_text) or None
+        if kind is FailureKind.TIME_LIMIT and self._salvage(session, incoming):
+            return
+        shutil.rmtree(incoming, ignore_errors=True)
+        session.gpu_seconds += self._ran_s(attempt) or 0.0
         if kind is not FailureKind.STALE_INPUT and attempt.log_excerpt:
             self.echo(
-                f"kernel {self.spec.kernel_ref} version {attempt.version} ended in {status.state.value}; log tail:"
+                f"kernel {self.spec.kernel_ref} version {version} ended in {status.state.value}; log tail:"
             )
             for line in attempt.log_excerpt.splitlines():
                 self.echo(f"  | {line}")
@@ -959,21 +997,28 @@ class ChainRunner:
             return None
         return attempt.ended_at - start
 
-    def _failed_run_json(self, attempt: Attempt) -> dict[str, Any] | None:
-        """run.json of a failed version, when it left one: it tells a crash from a kill."""
-        incoming = self.session_dir() / ".failed-outputs"
+    def _failed_outputs(self, version: int, incoming: Path) -> dict[str, Any] | None:
+        """Fetch what a failed version left (best effort) into ``incoming``; its run.json tells a crash from a
+        kill, and a kill that left a good checkpoint is salvaged."""
         files = self._call_once(
-            lambda: self.backend.download(
-                self.spec.kernel_ref, attempt.version, incoming, pattern=r"^run\.json$"
-            )
-        )  # type: ignore[arg-type]
+            lambda: self.backend.download(self.spec.kernel_ref, version, incoming, pattern=OUTPUT_PATTERN)
+        )
         found = [p for p in files or [] if p.name == RUN_JSON]
         try:
             return _read_run_json(found[0]) if found else None
         except OutputsInvalid:
             return None
-        finally:
-            shutil.rmtree(incoming, ignore_errors=True)
+
+    def _salvage(self, session: SessionRecord, incoming: Path) -> bool:
+        """A session stopped at the time limit that still saved a checkpoint made progress: keep it."""
+        try:
+            verified = verify_outputs(incoming, chain_id=self.spec.chain_id, session=session.index)
+        except OutputsInvalid:
+            return False
+        self._keep_outputs(session, incoming, verified)
+        session.pre_publish_version = self._dataset_version()
+        self._transition(ChainState.PUBLISHING, "killed at the time limit; its saved checkpoint is kept")
+        return True
 
     def _retry_after(self, kind: FailureKind, failure: str | None) -> None:
         """The failure policy: each kind of failure has its own counter, limit and next state."""
@@ -1039,15 +1084,16 @@ class ChainRunner:
 
     def _download(self) -> None:
         session, attempt = self.record.current, self.record.current.attempt
+        version = _pushed_version(attempt)
         incoming = self.session_dir() / ".incoming"
         problem = ""
         for _ in range(self.timing.download_attempts):
             self._call(
                 "downloading the outputs",
                 lambda: self.backend.download(
-                    self.spec.kernel_ref, attempt.version, incoming, pattern=OUTPUT_PATTERN
+                    self.spec.kernel_ref, version, incoming, pattern=OUTPUT_PATTERN
                 ),
-            )  # type: ignore[arg-type]
+            )
             try:
                 verified = verify_outputs(incoming, chain_id=self.spec.chain_id, session=session.index)
             except OutputsInvalid as exc:
@@ -1147,7 +1193,8 @@ class ChainRunner:
         return folder
 
     def _dataset_title(self) -> str:
-        return f"kr checkpoints {self.spec.dataset_ref.split('/')[-1]}"
+        # Kaggle wants 6 to 50 characters; the slug already has that length.
+        return self.spec.dataset_ref.split("/")[-1]
 
     def _dataset_notes(self, session: SessionRecord) -> str:
         return (
@@ -1231,6 +1278,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+def _pushed_version(attempt: Attempt) -> int:
+    if attempt.version is None:
+        raise AssertionError("the attempt has no pushed version yet")  # states after PUSHING always have one
+    return attempt.version
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    """A 4xx other than 408/429 (bad credentials, no permission, not found): waiting will not fix it."""
+    status = getattr(exc, "http_status", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
 
 
 def _short(exc: BaseException) -> str:

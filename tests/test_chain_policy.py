@@ -76,7 +76,8 @@ def render_request(request: SessionRequest, folder: Path) -> None:
 
 @dataclass
 class KernelPlan:
-    """What one pushed version does. ``outcome``: complete | error | time_limit | stale | crash_with_run."""
+    """What one pushed version does. ``outcome``: complete | error | time_limit (killed, nothing saved) |
+    time_limit_saved (killed after saving) | stale | crash_with_run (run.json with exit code 1)."""
 
     outcome: str = "complete"
     polls_running: int = 2  # status calls answered "running" before the end
@@ -177,7 +178,7 @@ class ScriptedBackend(Backend):
         outcome = run.plan.outcome
         if outcome == "complete":
             return KernelStatus(KernelState.COMPLETE)
-        if outcome == "time_limit":
+        if outcome in ("time_limit", "time_limit_saved"):
             return KernelStatus(
                 KernelState.ERROR,
                 "Your notebook was stopped because it exceeded the max allowed execution duration (timeout)",
@@ -218,7 +219,7 @@ class ScriptedBackend(Backend):
             "chain": request["chain_id"],
             "session": request["session"],
             "exit_code": exit_code,
-            "stop_reason": "max_epochs",
+            "stop_reason": "signal" if outcome == "time_limit_saved" else "max_epochs",
             "seconds": 100.0,
             "result": {"epoch": epoch, "step": epoch * 10, "best": {"bleu4": 0.1 * epoch, "epoch": epoch}},
         }
@@ -485,6 +486,18 @@ def test_time_limit_kill_without_outputs_is_retried_with_a_shorter_budget(tmp_pa
     assert record.sessions[0].error_retries == 0
 
 
+def test_time_limit_kill_that_saved_a_checkpoint_is_salvaged(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan("time_limit_saved")]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert h.backend.pushes == 2 and [len(s.attempts) for s in record.sessions] == [1, 1]
+    assert (
+        record.sessions[0].attempts[0].outcome == "time_limit" and record.sessions[0].stop_reason == "signal"
+    )
+    assert h.requests[1]["expect"]["sha256"] == record.sessions[0].outputs["checkpoints.tar.gz"]
+
+
 def test_repeated_time_limit_kills_fail_the_chain(tmp_path: Path) -> None:
     h = start(tmp_path, sessions=1)
     h.backend.plans = [KernelPlan("time_limit")] * 3
@@ -558,6 +571,40 @@ def test_push_refused_for_invalid_sources_fails_at_once(tmp_path: Path) -> None:
     h.backend.push_refusals = [refusal("invalid_sources")]
     record = h.run()
     assert record.state is ChainState.FAILED_REFUSED and h.backend.pushes == 0
+
+
+def test_invalid_sources_on_a_resumed_session_wait_like_a_stale_mount(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan()]
+    real_push = h.backend.push
+
+    def refuse_first_resume(request: PushRequest) -> PushResult:
+        if (
+            h.backend.pushes == 1
+            and not h.backend.push_refusals
+            and h.states().count("waiting_stale_input") == 0
+        ):
+            h.backend.push_refusals.append(refusal("invalid_sources"))
+        return real_push(request)
+
+    h.backend.push = refuse_first_resume  # type: ignore[method-assign]
+    record = h.run()
+    assert record.state is ChainState.SUCCEEDED
+    assert record.sessions[1].stale_relaunches == 1 and record.sessions[1].error_retries == 0
+
+
+def test_permanent_api_errors_stop_at_once(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=1)
+
+    def forbidden() -> Quota:
+        error = ApiError("quota: 401 Unauthorized")
+        error.http_status = 401  # type: ignore[attr-defined]
+        raise error
+
+    h.backend.quota = forbidden  # type: ignore[method-assign]
+    with pytest.raises(ApiError, match="401"):
+        h.run()
+    assert h.clock.slept == 0 and load_chain("chain-test", h.home).state is ChainState.CHECKING_QUOTA
 
 
 def test_dataset_stuck_in_processing_times_out_with_a_clear_message(tmp_path: Path) -> None:
@@ -736,8 +783,11 @@ def test_classify_failure() -> None:
     timed_out = KernelStatus(KernelState.ERROR, "exceeded the max allowed execution time")
     assert classify_failure(timed_out, "", None, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT
     assert classify_failure(error, "", None, ran_s=5, timeout_s=100) is FailureKind.KERNEL_ERROR
-    # run.json was written: the trainer itself failed, whatever the time.
+    # run.json says the trainer crashed: a user-code failure, whatever the time.
     assert classify_failure(error, "", {"exit_code": 1}, ran_s=99, timeout_s=100) is FailureKind.KERNEL_ERROR
+    # The trainer stopped cleanly on the kill's SIGTERM: still the time limit.
+    signal = {"exit_code": 0, "stop_reason": "signal"}
+    assert classify_failure(timed_out, "", signal, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT
 
 
 def _outputs(folder: Path, *, chain: str = "c", session: int = 1, tarball: bytes | None = None) -> Path:
