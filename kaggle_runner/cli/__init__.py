@@ -7,6 +7,7 @@ below are the whole list. Nothing here imports torch: the trainer runs only insi
 from __future__ import annotations
 
 from kaggle_runner.cli import (  # noqa: F401  (imported for their commands)
+    chain,
     download,
     init,
     launch,
