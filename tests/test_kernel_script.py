@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,13 @@ OFFLINE = KrConfig(internet=False)
 
 @pytest.fixture
 def unreachable_trainer(tmp_path: Path) -> Path:
-    """A trainer package that leaves TRAINER_STARTED in the working dir: these sessions must stop before it."""
+    """A trainer package that only leaves TRAINER_STARTED (holding its KR_DEADLINE) in the working dir."""
     package = tmp_path / "unreachable" / "trainer"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "__main__.py").write_text("open('TRAINER_STARTED', 'w').close()\nraise SystemExit(1)\n")
+    (package / "__main__.py").write_text(
+        "import os\nopen('TRAINER_STARTED', 'w').write(os.environ['KR_DEADLINE'])\nraise SystemExit(1)\n"
+    )
     return package
 
 
@@ -225,6 +228,38 @@ def test_tampered_trainer_archive_is_refused(layout: dict[str, Path], unreachabl
     assert run["stop_reason"] == "bad_script"
 
 
+@pytest.mark.parametrize("mount", LAYOUTS)
+def test_resume_finds_the_tarball_under_either_layout_and_continues_the_log(
+    layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path, mount: str
+) -> None:
+    files = {"last.pth.tar": b"last weights", "BEST_checkpoint_local_synthetic.pth.tar": b"best weights"}
+    previous_log = tmp_path / "training.log"
+    previous_log.write_text("2026-11-26 23:10:00 INFO train epoch=1 step=2 loss=6.4883\n")
+    tarball = checkpoint_tarball(tmp_path / "c.tar.gz", files)
+    marker = publish(
+        dataset_dir(layout["input"], mount), tarball, chain="chain-a", session=0, log=previous_log
+    )
+    # Another mounted dataset with an unrelated marker must not confuse the search.
+    decoy = layout["input"] / "datasets" / OWNER / "other-data"
+    decoy.mkdir(parents=True)
+    publish(decoy, tarball, chain="x", session=7)
+    started = time.time()
+    result = run_script(render(layout, OFFLINE, resume_spec(marker), unreachable_trainer), layout)
+    ended = time.time()
+    # The resume reached the trainer (which only marks that it started) with the checkpoints and log in place.
+    assert (layout["working"] / "TRAINER_STARTED").exists(), result.stdout + result.stderr
+    restored = layout["working"] / "checkpoints"
+    assert {name: (restored / name).read_bytes() for name in files} == files
+    assert (layout["working"] / "training.log").read_text() == previous_log.read_text()
+    args = run_json(layout)["args"]
+    assert args[args.index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
+    assert args[args.index("--max_epochs") + 1] == "1" and args[args.index("--out_dir") + 1] == "."
+    # KR_DEADLINE: the script's start + budget (600 s) - margin (5 %: 30 s).
+    deadline = float((layout["working"] / "TRAINER_STARTED").read_text())
+    assert started + 570 - 1 <= deadline <= ended + 570
+    assert scratch_left() == []
+
+
 @pytest.mark.parametrize("unpacked_into", ["folder of the tarball's name", "dataset root"])
 def test_dataset_unpacked_by_kaggle_is_verified_and_resumed(
     layout: dict[str, Path], unreachable_trainer: Path, tmp_path: Path, unpacked_into: str
@@ -305,7 +340,7 @@ def assert_session_ok(result: subprocess.CompletedProcess[str], layout: dict[str
 
 
 @pytest.mark.slow
-def test_three_sessions_train_and_resume_under_both_mount_layouts(
+def test_a_session_trains_and_the_next_resumes_from_its_published_outputs(
     layout: dict[str, Path], tmp_path: Path
 ) -> None:
     trainer_dir = real_trainer_dir()
@@ -313,24 +348,18 @@ def test_three_sessions_train_and_resume_under_both_mount_layouts(
         run_script(render(layout, TINY, resume_spec(None, session=0), trainer_dir), layout), layout
     )
     assert "--checkpoint" not in first["args"] and first["args"][:3] == ["-m", "trainer", "--data_name"]
-    previous, previous_run = fresh_working_dir(layout, tmp_path / "session-0"), first
+    previous = fresh_working_dir(layout, tmp_path / "session-0")
 
-    for session, mount in enumerate(LAYOUTS, start=1):
-        # The chain publishes the previous session's outputs as a dataset version; Kaggle mounts it.
-        folder = dataset_dir(layout["input"], mount)
-        marker = publish(
-            folder,
-            previous / "checkpoints.tar.gz",
-            chain="chain-a",
-            session=session - 1,
-            log=previous / "training.log",
-        )
-        script = render(layout, TINY, resume_spec(marker, session=session), trainer_dir)
-        run = assert_session_ok(run_script(script, layout), layout)
-        assert run["args"][run["args"].index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
-        assert run["result"]["epoch"] == previous_run["result"]["epoch"] + 1
-        assert run["resumed_from"]["sha256"] == marker.sha256
-        old_log, new_log = log_lines(previous / "training.log"), log_lines(layout["working"] / "training.log")
-        assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
-        shutil.rmtree(folder)  # the next version replaces this one
-        previous, previous_run = fresh_working_dir(layout, tmp_path / f"session-{session}"), run
+    # The chain publishes session 0's outputs as a dataset version; Kaggle mounts it (current layout).
+    folder = dataset_dir(layout["input"], "new")
+    marker = publish(
+        folder, previous / "checkpoints.tar.gz", chain="chain-a", session=0, log=previous / "training.log"
+    )
+    run = assert_session_ok(
+        run_script(render(layout, TINY, resume_spec(marker, session=1), trainer_dir), layout), layout
+    )
+    assert run["args"][run["args"].index("--checkpoint") + 1] == "checkpoints/last.pth.tar"
+    assert run["result"]["epoch"] == first["result"]["epoch"] + 1
+    assert run["resumed_from"]["sha256"] == marker.sha256
+    old_log, new_log = log_lines(previous / "training.log"), log_lines(layout["working"] / "training.log")
+    assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
