@@ -94,6 +94,25 @@ _SLUG_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,49}$")
 _HF_REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
+# Trainer flags that kr sets itself: per session (out_dir, checkpoint, max_epochs) or from their own keys.
+RESERVED_TRAINER_FLAGS = frozenset(
+    [
+        "--out_dir",
+        "--checkpoint",
+        "--max_epochs",
+        "--data_name",
+        "--use_huggingface",
+        "--no_huggingface",
+        "--hf_repo",
+        "--model_size",
+        "--batch_size",
+        "--seed",
+        "--synthetic_train",
+        "--synthetic_val",
+        "--synthetic_test",
+    ]
+)
+
 Warn = Callable[[str], None]
 
 
@@ -406,6 +425,11 @@ def _validated_trainer(key: str, value: object, where: str) -> Any:
     if key == "extra_args":
         if not isinstance(value, list) or not all(isinstance(arg, str) for arg in value):
             raise _bad(name, value, 'a list of strings, e.g. ["--lr", "3e-4"]', where)
+        for arg in value:
+            if arg.split("=")[0] in RESERVED_TRAINER_FLAGS:
+                raise _bad(
+                    name, value, f"trainer flags other than {arg.split('=')[0]}: kr sets that one", where
+                )
         return tuple(value)
     raise AssertionError(f"unhandled key {name}")
 

@@ -128,6 +128,8 @@ def test_malformed_toml_names_the_line(project: Path) -> None:
         ('[trainer]\nmodel_size = "huge"', "trainer.model_size", "tiny, small, base"),
         ("[trainer]\nbatch_size = true", "trainer.batch_size", "whole number"),
         ('[trainer]\nextra_args = "--lr 1"', "trainer.extra_args", "list of strings"),
+        ('[trainer]\nextra_args = ["--out_dir", "/x"]', "trainer.extra_args", "--out_dir: kr sets"),
+        ('[trainer]\nextra_args = ["--batch_size=4"]', "trainer.extra_args", "--batch_size: kr sets"),
         ('accelerator = "TpuV5E8"\nsession_budget_s = 40000', "session_budget_s", "on a TPU"),
     ],
 )
