@@ -10,6 +10,7 @@ Results go to stdout (``--json`` where a command lists things); progress and hin
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_ENV_VAR = "KR_DEBUG"
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a process killed by SIGPIPE
 
 app = typer.Typer(
     name="kr",
@@ -91,6 +93,11 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc()
             report_error(exc)
             raise typer.Exit(exc.exit_code) from None
+        except BrokenPipeError:
+            # The reader of stdout went away (kr status | head): stop quietly, as a killed pipe would.
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
