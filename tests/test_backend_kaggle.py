@@ -242,3 +242,14 @@ def test_log_text_joins_kaggle_log_events() -> None:
     assert log_text(json.dumps(events)) == "a\nb\n"
     assert log_text("plain text") == "plain text"
     assert log_text("") == ""
+
+
+def test_404_right_after_a_push_means_pending(
+    backend: KaggleBackend, kaggle_emulator: Any, tmp_path: Path
+) -> None:
+    result = backend.push(PushRequest(folder=kernel_folder(tmp_path, kaggle_emulator.username)))
+    kaggle_emulator.faults.add("GetKernelSessionStatus", status=404)
+    assert backend.status(result.ref, result.version).state is KernelState.QUEUED
+    kaggle_emulator.faults.add("GetKernelSessionStatus", status=404)
+    with pytest.raises(ApiError, match="HTTP 404"):
+        backend.status(result.ref, result.version + 5)  # a version that was never pushed
