@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainer.images import ImageSpec, preprocess_batch
+from trainer.images import ImageSpec, preprocess_batch, worker_context
 from trainer.tokenizer import Vocab
 
 DATA_NAMES = ("small", "full", "synthetic_handwrite", "human_handwrite", "human_handwrite_print", "synthetic")
@@ -267,8 +266,7 @@ def _preprocess_all(images: list[Any], spec: ImageSpec, num_proc: int) -> list[t
     if num_proc <= 1 or len(images) < 256:
         return preprocess_batch(images, spec)
     chunks = _chunks(images, num_proc * 8)
-    # spawn: safe even when the parent already holds CUDA or threads; the workers import only numpy/PIL.
-    context = multiprocessing.get_context("spawn")
+    context = worker_context()
     with ProcessPoolExecutor(max_workers=num_proc, mp_context=context) as pool:
         parts = pool.map(preprocess_batch, chunks, [spec] * len(chunks))
         return [result for part in parts for result in part]

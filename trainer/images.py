@@ -12,6 +12,8 @@ zero padding) means the same thing to the model: blank paper.
 from __future__ import annotations
 
 import io
+import multiprocessing
+import multiprocessing.context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,14 @@ def preprocess(image: Any, spec: ImageSpec) -> tuple[np.ndarray, bool]:
 def to_float(canvas: np.ndarray) -> np.ndarray:
     """The model's float view of a preprocessed image: ink 1.0, background 0.0."""
     return canvas.astype(np.float32) / 255.0
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Process start method for the data workers: fork where it exists (no re-import of ``__main__``,
+    which a script run from stdin or without a main guard cannot survive; the workers only use numpy, PIL
+    and matplotlib, never torch or CUDA, so forking next to them is safe), spawn elsewhere."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def preprocess_batch(images: list[Any], spec: ImageSpec) -> list[tuple[np.ndarray, bool] | str]:
