@@ -7,6 +7,7 @@ is reproducible: the same checkout, configuration and session spec give byte-ide
 
 from __future__ import annotations
 
+import ast
 import base64
 import gzip
 import hashlib
@@ -56,6 +57,7 @@ _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 _CHAIN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*(/[0-9]+)?$")
 _B64_LINE = 100
+_KR = "kaggle_runner"
 
 
 @dataclass(frozen=True)
@@ -88,10 +90,14 @@ def trainer_archive(source_dir: Path | None = None) -> bytes:
     source_dir = Path(source_dir) if source_dir is not None else resources.trainer_source_dir()
     if not (source_dir / "__main__.py").is_file():
         raise KrError(f"{source_dir} is not a runnable trainer package (no __main__.py)", "reinstall kr")
+    members = {
+        f"trainer/{path.relative_to(source_dir).as_posix()}": path for path in _trainer_files(source_dir)
+    }
+    members.update(_kaggle_runner_dependencies(list(members.values())))
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
-        for path in _trainer_files(source_dir):
-            archive.addfile(*_tar_entry(path, f"trainer/{path.relative_to(source_dir).as_posix()}"))
+        for name in sorted(members):
+            archive.addfile(*_tar_entry(members[name], name))
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", fileobj=compressed, mode="wb", compresslevel=9, mtime=0) as handle:
         handle.write(raw.getvalue())
@@ -107,6 +113,45 @@ def _trainer_files(source_dir: Path) -> list[Path]:
         if path.is_file():
             files.append(path)
     return sorted(files, key=lambda p: p.relative_to(source_dir).as_posix())
+
+
+def _kaggle_runner_imports(path: Path) -> set[str]:
+    """Modules of kaggle_runner that a Python file imports (``kaggle_runner.x`` names)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+    except (SyntaxError, UnicodeDecodeError):
+        return set()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith(f"{_KR}.")}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith(f"{_KR}."):
+                found.add(node.module)
+            elif node.module == _KR:
+                found |= {f"{_KR}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _kaggle_runner_dependencies(files: list[Path]) -> dict[str, Path]:
+    """The kaggle_runner modules the trainer imports (and theirs), to embed beside it: a Kaggle image has no
+    kaggle_runner. Each must be importable without the rest of the package (standard library only)."""
+    package_dir = Path(__file__).resolve().parent
+    embedded: dict[str, Path] = {}
+    pending = [module for path in files if path.suffix == ".py" for module in _kaggle_runner_imports(path)]
+    while pending:
+        module = pending.pop()
+        path = package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
+        name = f"{_KR}/{path.relative_to(package_dir).as_posix()}"
+        if name in embedded:
+            continue
+        if not path.is_file():
+            raise KrError(f"the trainer imports {module}, which is not a module file of kr", "reinstall kr")
+        embedded[name] = path
+        pending.extend(_kaggle_runner_imports(path))
+    if embedded:
+        embedded[f"{_KR}/__init__.py"] = package_dir / "__init__.py"
+    return embedded
 
 
 def _tar_entry(path: Path, name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:

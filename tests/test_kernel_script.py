@@ -49,9 +49,14 @@ def unreachable_trainer(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def layout(tmp_path: Path) -> dict[str, Path]:
-    paths = {name: tmp_path / name for name in ("input", "working", "kernel")}
+    paths = {name: tmp_path / name for name in ("input", "working", "kernel", "no-kr")}
     for path in paths.values():
         path.mkdir()
+    # A Kaggle image has no kaggle_runner: shadow this checkout's, so that only what the script embeds imports.
+    (paths["no-kr"] / "kaggle_runner").mkdir()
+    (paths["no-kr"] / "kaggle_runner" / "__init__.py").write_text(
+        "raise ImportError('kaggle_runner is not installed')\n"
+    )
     return paths
 
 
@@ -97,7 +102,12 @@ def render(layout: dict[str, Path], config: KrConfig, spec: SessionSpec, trainer
 def run_script(
     script: Path, layout: dict[str, Path], timeout: float = 240
 ) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, KR_KAGGLE_INPUT=str(layout["input"]), PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        KR_KAGGLE_INPUT=str(layout["input"]),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(layout["no-kr"]),
+    )
     return subprocess.run(
         [sys.executable, str(script)],
         cwd=layout["working"],

@@ -99,6 +99,25 @@ def test_trainer_archive_is_sorted_normalised_and_clean(trainer_pkg: Path) -> No
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
 
 
+def test_kaggle_runner_modules_the_trainer_imports_are_embedded(trainer_pkg: Path) -> None:
+    (trainer_pkg / "sub" / "save.py").write_text("from kaggle_runner.fsutil import sha256_file\n")
+    with tarfile.open(fileobj=io.BytesIO(trainer_archive(trainer_pkg))) as archive:
+        names = archive.getnames()
+        fsutil = archive.extractfile("kaggle_runner/fsutil.py")
+        assert (
+            fsutil is not None
+            and fsutil.read() == Path(resources.__file__).with_name("fsutil.py").read_bytes()
+        )
+    assert names[:2] == ["kaggle_runner/__init__.py", "kaggle_runner/fsutil.py"]
+    assert "kaggle_runner/config.py" not in names
+
+
+def test_trainer_importing_a_missing_kr_module_is_refused(trainer_pkg: Path) -> None:
+    (trainer_pkg / "bad.py").write_text("import kaggle_runner.nonexistent\n")
+    with pytest.raises(KrError, match="kaggle_runner.nonexistent"):
+        trainer_archive(trainer_pkg)
+
+
 def test_trainer_without_main_is_refused(tmp_path: Path) -> None:
     (tmp_path / "trainer").mkdir()
     with pytest.raises(KrError, match="no __main__.py"):
