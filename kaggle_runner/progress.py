@@ -18,10 +18,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -35,6 +35,7 @@ from kaggle_runner.metrics_log import MetricLine, parse_metric_line
 LOG_TAIL_LINES = 8
 PLAIN_INTERVAL_S = 60.0  # a progress line at most this often in plain mode: a 12-hour session stays readable
 REFRESH_PER_SECOND = 2
+LOG_ECHO_PREFIX = "  | "  # how ChainRunner echoes a streamed kernel log line
 
 
 class SessionProgress:
@@ -81,6 +82,7 @@ class SessionProgress:
         self._unprinted = False  # progress seen that no plain line has shown yet
         self._lock = threading.Lock()
         self._live: Live | None = None
+        self._session: object = None  # the chain session shown, for chain_event
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -124,6 +126,32 @@ class SessionProgress:
         if self.plain:
             self._print_plain(changed=changed or new_val)
         elif self._live is not None:
+            self._live.refresh()
+
+    def echo(self, line: str) -> None:
+        """A line from ``ChainRunner``'s ``echo``: streamed log lines (``LOG_ECHO_PREFIX``) join the log tail,
+        anything else (state changes, warnings) is printed as a note."""
+        if line.startswith(LOG_ECHO_PREFIX):
+            self.update(log_lines=[line[len(LOG_ECHO_PREFIX) :]])
+        else:
+            self.note(line)
+
+    def chain_event(self, event: Mapping[str, Any]) -> None:
+        """A ``ChainRunner`` ``notify`` event: the title follows the session, the clock restarts whenever a
+        kernel is pushed and starts running. Quiet in plain mode: ``echo`` already printed the transition."""
+        session, sessions, chain = event.get("session"), event.get("sessions"), event.get("chain", "chain")
+        with self._lock:
+            if session != self._session:
+                self._session = session
+                self.last_train, self.last_val = None, None
+                self.log_tail.clear()
+            if event.get("state") == "running":
+                at = event.get("at")
+                self.started_at = float(at) if isinstance(at, (int, float)) else self._clock()
+            self.title = f"{chain} · session {session}/{sessions}" if session else str(chain)
+            self.state = str(event.get("state", self.state))
+            self.message = event.get("message") or None
+        if self._live is not None:
             self._live.refresh()
 
     def note(self, text: str) -> None:

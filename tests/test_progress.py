@@ -159,3 +159,38 @@ def test_remaining_time_never_negative() -> None:
 def test_format_duration() -> None:
     assert format_duration(0) == "0:00:00"
     assert format_duration(3 * 86400 + 61.9) == "72:01:01"
+
+
+def _event(state: str, session: int, at: float) -> dict[str, object]:
+    return {
+        "event": "chain.state",
+        "chain": "chain-1",
+        "session": session,
+        "sessions": 3,
+        "state": state,
+        "message": None,
+        "at": at,
+    }
+
+
+def test_chain_runner_hooks_drive_the_display() -> None:
+    """What ``kr chain`` wires in: ``echo=progress.echo`` and ``notify`` forwarding to ``chain_event``."""
+    console, buffer = _plain_console()
+    clock = FakeClock()
+    with SessionProgress(budget_s=3600, console=console, clock=clock) as p:
+        p.echo("[chain-1] session 1/3: running (pushed version 4)")
+        p.chain_event(_event("running", 1, clock.now))
+        clock.now += 120
+        p.echo("  | " + _train(100, loss=2.0))
+        assert p.title == "chain-1 · session 1/3" and p.elapsed_s() == 120
+        assert p.last_train is not None and p.last_train.fields["step"] == 100
+        clock.now += 600
+        p.chain_event(_event("running", 2, clock.now - 30))
+        assert p.last_train is None and not p.log_tail  # a new session starts with a clean slate
+        assert p.elapsed_s() == 30 and p.remaining_s() == 3570
+    bodies = [re.sub(STAMP, "", line, count=1) for line in buffer.getvalue().splitlines()]
+    assert bodies[0] == "[chain-1] session 1/3: running (pushed version 4)"
+    assert bodies[1].startswith(
+        "chain-1 · session 1/3: running · elapsed 0:02:00 · 0:58:00 left · epoch 1 step 100"
+    )
+    assert len(bodies) == 2  # state changes are printed once, by echo, not again by chain_event
