@@ -387,10 +387,14 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
     def _shuffled_batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed & 0xFFFFFFFF, epoch])
         permuted = rng.permutation(self.widths.size)
-        pool_size = self.batch_size * POOL_BATCHES
+        # Whole groups per pool, so that no group straddles two pools (a wide and a narrow batch).
+        pool_size = self.batch_size * self.world_size * max(1, POOL_BATCHES // self.world_size)
+        # The remainder joins the last full pool: a small pool of its own would span every width.
+        bounds = (
+            [*range(0, permuted.size - pool_size + 1, pool_size)][1:] if permuted.size >= pool_size else []
+        )
         batches: list[list[int]] = []
-        for start in range(0, permuted.size, pool_size):
-            pool = permuted[start : start + pool_size]
+        for pool in np.split(permuted, bounds):
             batches.extend(self._cut(pool[np.argsort(self.widths[pool], kind="stable")]))
         groups = [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
         if len(groups) > 1 and len(groups[-1]) < self.world_size:

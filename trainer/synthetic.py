@@ -423,6 +423,7 @@ def write_parquet(path: Path, texts: list[str], pngs: list[bytes]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
     images = pa.array([{"bytes": png, "path": None} for png in pngs], type=image_type)
     table = pa.table({"image": images, "text": pa.array(texts, type=pa.string())})
