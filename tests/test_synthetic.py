@@ -105,3 +105,24 @@ def test_loads_through_the_data_layer(small_set: Path) -> None:
     )  # fmt: skip
     texts, images = load_texts_and_images(cfg, "validation")
     assert len(texts) == SIZES["validation"] and images[0]["bytes"].startswith(b"\x89PNG")
+
+
+def _build_in_child(cache_dir: str, queue: object) -> None:
+    folder = build_synthetic(Path(cache_dir), {"train": 5, "validation": 1, "test": 1}, seed=9)
+    queue.put((str(folder), (folder / "meta.json").read_text()))  # type: ignore[attr-defined]
+
+
+def test_concurrent_builders_share_one_finished_set(tmp_path: Path) -> None:
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    children = [context.Process(target=_build_in_child, args=(str(tmp_path), queue)) for _ in range(2)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    assert results[0] == results[1]  # the second waited and found the first's set (same build time recorded)
+    assert not [p for p in (tmp_path / "synthetic").iterdir() if p.name.startswith(".build-")]

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -359,6 +360,30 @@ def build_synthetic(cache_dir: Path, sizes: dict[str, int], seed: int, num_proc:
     if (target / "meta.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target.parent / f".{target.name}.lock"):
+        if not (target / "meta.json").is_file():  # another process may have built it while we waited
+            _build_into(target, sizes, seed, num_proc)
+    return target
+
+
+@contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One builder at a time (DDP ranks start together): the others wait, then find the finished set.
+    Without fcntl (Windows) concurrent builds stay correct, only wasteful."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_into(target: Path, sizes: dict[str, int], seed: int, num_proc: int | None) -> None:
     scratch = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
         _write_splits(scratch, sizes, seed, num_proc)
@@ -369,7 +394,6 @@ def build_synthetic(cache_dir: Path, sizes: dict[str, int], seed: int, num_proc:
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return target
 
 
 def _write_splits(folder: Path, sizes: dict[str, int], seed: int, num_proc: int | None) -> None:
