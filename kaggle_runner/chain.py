@@ -515,7 +515,9 @@ def classify_failure(
         return FailureKind.STALE_INPUT
     if run is not None and run.get("exit_code") == STALE_INPUT_EXIT_CODE:
         return FailureKind.STALE_INPUT
-    trainer_crashed = run is not None and run.get("exit_code") not in (None, 0)
+    # A positive exit code is the trainer's own failure; a negative one is the signal of the kill.
+    exit_code = run.get("exit_code") if run is not None else None
+    trainer_crashed = isinstance(exit_code, int) and exit_code > 0
     if not trainer_crashed and _looks_like_time_limit(status.failure_message, ran_s, timeout_s):
         return FailureKind.TIME_LIMIT
     return FailureKind.KERNEL_ERROR

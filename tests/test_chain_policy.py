@@ -788,6 +788,9 @@ def test_classify_failure() -> None:
     # The trainer stopped cleanly on the kill's SIGTERM: still the time limit.
     signal = {"exit_code": 0, "stop_reason": "signal"}
     assert classify_failure(timed_out, "", signal, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT
+    # The kill's SIGTERM reached the trainer before it could handle it.
+    terminated = {"exit_code": -15, "stop_reason": "crash"}
+    assert classify_failure(timed_out, "", terminated, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT
 
 
 def _outputs(folder: Path, *, chain: str = "c", session: int = 1, tarball: bytes | None = None) -> Path:
