@@ -52,6 +52,7 @@ class TrainConfig:
     keep_tarballs: int = 3
     val_max_samples: int = 0
     device: str = "auto"
+    threads: int = 0
 
     @property
     def resolved_lr(self) -> float:
@@ -143,6 +144,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="seconds this run may take, everything saved; the env var KR_DEADLINE (absolute Unix "
                         "time) also applies, the earlier wins")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to train")
+    g.add_argument("--threads", type=_non_negative_int, default=0,
+                   help="CPU threads for torch (0: torch's default); 1 is much faster on a busy CPU")
     g.add_argument("--num_workers", type=_non_negative_int, default=2,
                    help="DataLoader worker processes (results do not depend on it)")
 

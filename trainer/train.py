@@ -9,6 +9,7 @@ same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -42,7 +43,7 @@ from trainer.data import (
 )
 from trainer.images import ImageSpec
 from trainer.inference import decode_split
-from trainer.logs import get_logger, log_metrics, setup_logging
+from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
 from trainer.runtime import Runtime, RuntimeSetupError, detect_runtime
@@ -154,7 +155,15 @@ class Trainer:
         self._build_model(state)
         if state is not None:
             self._restore(state)
+        self._prime_clock()
         self._log_start()
+
+    def _prime_clock(self) -> None:
+        """Guesses that stand until validation and saving have been timed once in this run."""
+        self.clock.val_batches = -(-len(self.val_split) // self.cfg.batch_size)
+        # model + two AdamW moments, written, hashed and packed at a cautious 50 MB/s
+        state_bytes = 3 * 4 * count_parameters(self.model)
+        self.clock.save_guess_s = 1.0 + state_bytes / 50e6
 
     def _resolve_checkpoint(self) -> ckpt.Resumed | None:
         if not self.cfg.checkpoint:
@@ -281,12 +290,13 @@ class Trainer:
                     model_size=self.cfg.model_size, batch_size=self.cfg.batch_size,
                     padding_share=round(padding_share(self.sampler, self.train_split.widths, p.epoch), 4))
         if self.clock.deadline is not None:
-            self.log.info(f"stop by {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.clock.deadline))} "
+            self.log.info(f"deadline: stopping by {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.clock.deadline))} "
                           f"({self.clock.reason}, margin {self.clock.margin_s:.0f} s)")
 
     # ------------------------------------------------------------------------------------------ loop
 
     def run(self) -> dict[str, Any]:
+        self.window_started = time.time()
         reason = self._train_until_stop()
         if self.dirty:
             self._save(epoch_file=False, best_file=False)
@@ -518,8 +528,19 @@ def run(cfg: TrainConfig, start: float) -> int:
     except RuntimeSetupError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process)
-    trainer: Trainer | None = None
+    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return _setup_and_train(cfg, runtime, start, log)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        close_logging()
+
+
+def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:
     try:
         trainer = Trainer(cfg, runtime, start)
         for signum in (signal.SIGTERM, signal.SIGINT):
