@@ -1348,3 +1348,27 @@ def _best_so_far(record: ChainRecord) -> dict[str, Any] | None:
         if session.best:
             return session.best
     return None
+
+
+CHAIN_TABLE_HEADERS = ["CHAIN", "BACKEND", "SESSION", "STATE", "EPOCH", "BEST", "GPU H", "RETRIES", "MESSAGE"]
+_BEST_SHOWN = ("bleu4", "exact_match", "edit_score")
+
+
+def chain_table_row(summary: dict[str, Any]) -> list[str]:
+    """One ``kr status`` table row of a ``chain_summaries()`` entry (headers: ``CHAIN_TABLE_HEADERS``)."""
+    best = summary.get("best") or {}
+    shown = " ".join(f"{k}={best[k]:.4g}" for k in _BEST_SHOWN if isinstance(best.get(k), (int, float)))
+    retries = summary.get("retries") or []
+    why = ", ".join(sorted({r["why"] for r in retries}))
+    state = summary["state"] + (" (running)" if summary.get("active") else "")
+    return [
+        str(summary["chain"]),
+        str(summary["backend"]),
+        f"{summary['session']}/{summary['sessions']}",
+        state,
+        "-" if summary.get("epoch") is None else str(summary["epoch"]),
+        shown or "-",
+        f"{summary.get('gpu_hours') or 0:.2f}",
+        f"{len(retries)} ({why})" if retries else "0",
+        str(summary.get("halted") or summary.get("message") or ""),
+    ]

@@ -844,3 +844,14 @@ def test_timing_scaled_scales_durations_only() -> None:
     timing = Timing().scaled(0.01)
     assert timing.poll_initial_s == pytest.approx(chain_mod.POLL_INITIAL_S * 0.01)
     assert timing.api_max_attempts == chain_mod.API_MAX_ATTEMPTS
+
+
+def test_chain_table_row_shows_progress_best_gpu_hours_and_retries(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2)
+    h.backend.plans = [KernelPlan("error")]
+    h.run()
+    (summary,) = chain_summaries(h.home)
+    row = dict(zip(chain_mod.CHAIN_TABLE_HEADERS, chain_mod.chain_table_row(summary), strict=True))
+    assert row["SESSION"] == "2/2" and row["STATE"] == "succeeded" and row["EPOCH"] == "2"
+    assert row["BEST"] == "bleu4=0.2" and row["RETRIES"] == "1 (kernel_error)"
+    assert float(row["GPU H"]) > 0
