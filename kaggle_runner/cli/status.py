@@ -95,17 +95,9 @@ def _show_listing(records: list[runs.RunRecord], chains: list[dict[str, Any]]) -
     if chains:
         if records:
             print()
-        rows = [
-            [
-                str(c["chain"]),
-                str(c["backend"]),
-                f"{c['session']}/{c['sessions']}",
-                str(c["state"]),
-                str(c.get("message") or ""),
-            ]
-            for c in chains
-        ]
-        print_table(["CHAIN", "BACKEND", "SESSION", "STATE", "MESSAGE"], rows)
+        from kaggle_runner.chain import CHAIN_TABLE_HEADERS, chain_table_row
+
+        print_table(CHAIN_TABLE_HEADERS, [chain_table_row(c) for c in chains])
 
 
 @command("status")
