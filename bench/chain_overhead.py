@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -44,7 +45,7 @@ extra_args = ["--num_workers", "0", "--max_target_len", "24"]
 """
 
 
-def run(sessions: int, root: Path) -> dict[str, object]:
+def run(sessions: int, root: Path) -> dict[str, Any]:
     os.environ["KR_HOME"] = str(root / "kr-home")
     os.environ.setdefault("KR_CACHE_DIR", str(root / "cache"))
     from kaggle_runner import chain
@@ -104,8 +105,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     print(
         f"chain overhead: kr's own {result['kr_seconds_per_link_median']:.3f} s per link (median of "
-        f"{args.sessions}; rendering {statistics.median(result['render_seconds_per_link']):.3f} s of it), "  # type: ignore[arg-type]
-        f"{100 * result['kr_share_of_wall']:.2f} % of a {result['chain_wall_seconds']:.0f} s local chain"  # type: ignore[str-format]
+        f"{args.sessions}; rendering {statistics.median(result['render_seconds_per_link']):.3f} s of it), "
+        f"{100 * result['kr_share_of_wall']:.2f} % of a {result['chain_wall_seconds']:.0f} s local chain"
     )
 
 
