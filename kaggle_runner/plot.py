@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 _SESSION_DIR = re.compile(r"session-(\d+)$")
 FIGURE_SIZE_IN = (11.0, 10.0)
 DPI = 110
+VALIDATION_TOP = 1.05
+GENERIC_FOLDER_NAMES = ("output", "out", "working")
 # Lines drawn from data carry this gid prefix, so a caller (or a test) can tell series from decorations.
 SERIES_GID = "series:"
 MISSING_MATPLOTLIB_HINT = (
@@ -108,7 +110,7 @@ def resolve_source(target: str | None) -> PlotSource:
         path = Path(target).expanduser()
         if path.is_file():
             run_json = path.parent / RUN_JSON_NAME
-            return PlotSource(path.parent.name or path.name, [SessionFiles(1, path, _if_file(run_json))])
+            return PlotSource(_name_for_log(path), [SessionFiles(1, path, _if_file(run_json))])
         if path.is_dir():
             return sources_in_folder(path)
     return sources_in_folder(*state_folder(target))
@@ -149,6 +151,14 @@ def _state_entries(root: Path) -> list[Path]:
 def _activity_time(folder: Path) -> float:
     marker = folder / "chain.json" if (folder / "chain.json").is_file() else folder / "record.json"
     return marker.stat().st_mtime
+
+
+def _name_for_log(log: Path) -> str:
+    """A run's log sits in ``runs/<id>/output/``: name it after the run, not after ``output``."""
+    folder = log.resolve().parent
+    if folder.name in GENERIC_FOLDER_NAMES and folder.parent.name:
+        folder = folder.parent
+    return folder.name or log.stem
 
 
 def _if_file(path: Path) -> Path | None:
@@ -245,14 +255,23 @@ def _draw_losses(ax: Axes, history: TrainingHistory, summary: PlotSummary) -> No
 
 def _draw_validation(ax: Axes, history: TrainingHistory, summary: PlotSummary) -> None:
     steps = [v.step for v in history.val]
-    style = {"marker": "o", "markersize": 3, "linewidth": 1.2}
-    _series(ax, summary, "BLEU-4", steps, [v.bleu4 for v in history.val], color="tab:green", **style)
+    style = {"marker": "o", "markersize": 3}
+    # BLEU-4 wide and exact match dashed on top: on short formulas the two often coincide.
+    bleu = [v.bleu4 for v in history.val]
+    _series(ax, summary, "BLEU-4", steps, bleu, color="tab:green", linewidth=2.5, **style)
+    exact = [v.exact_match for v in history.val]
     _series(
-        ax, summary, "exact match", steps, [v.exact_match for v in history.val], color="tab:purple", **style
+        ax, summary, "exact match", steps, exact, color="tab:purple", linewidth=1.2, linestyle="--", **style
     )
-    _series(
-        ax, summary, "edit distance", steps, [v.edit_distance for v in history.val], color="tab:red", **style
-    )
+    distance = [v.edit_distance for v in history.val]
+    _series(ax, summary, "edit distance", steps, distance, color="tab:red", linewidth=1.2, **style)
+    if any(d is not None and d > VALIDATION_TOP for d in distance):
+        # An untrained model's garbage can be many times longer than the reference (distance >> 1); keep
+        # the 0-1 scale readable and say so.
+        ax.set_ylim(-0.03, VALIDATION_TOP)
+        ax.text(
+            0.99, 0.02, "edit distance above 1 clipped", transform=ax.transAxes, ha="right", fontsize="small"
+        )
     ax.set_ylabel("validation (0-1)")
     ax.set_title("Validation: BLEU-4 and exact match up, edit distance down", loc="left", fontsize="medium")
 

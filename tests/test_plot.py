@@ -174,6 +174,8 @@ def test_plot_of_a_run_folder_reads_its_output(chain_folder: Path, tmp_path: Pat
     (run / "output" / "training.log").write_bytes((chain_folder / "session-1" / "training.log").read_bytes())
     summary = plot_training(resolve_source(str(run)), tmp_path / "run.png")
     assert summary.series["BLEU-4"] == STEPS_PER_SESSION // VAL_EVERY
+    # Named after the run, whether the folder or the log inside it is given.
+    assert resolve_source(str(run)).name == resolve_source(str(run / "output" / "training.log")).name == run.name
 
 
 def test_unknown_target_is_a_usage_error() -> None:
@@ -232,3 +234,16 @@ def test_kr_plot_bad_input_is_one_line_error(chain_folder: Path, tmp_path: Path)
     assert stderr.startswith("error: --out") and "hint: use --out" in stderr and "Traceback" not in stderr
     code, _, stderr = _kr("plot", "nothing-like-this")
     assert code == 2 and stderr.startswith("error: 'nothing-like-this' is neither")
+
+
+def test_huge_edit_distance_of_an_untrained_model_keeps_the_scale_readable() -> None:
+    from kaggle_runner.metrics_log import parse_log_text
+
+    text = (
+        "2026-11-26 23:10:00 INFO train epoch=1 step=10 loss=5.0 lr=1.000e-03\n"
+        "2026-11-26 23:10:00 INFO val epoch=1 step=10 bleu4=0.0 exact_match=0.0 edit_distance=41.3333\n"
+        "2026-11-26 23:11:00 INFO val epoch=2 step=20 bleu4=0.4 exact_match=0.2 edit_distance=0.5\n"
+    )
+    figure, summary = build_figure(parse_log_text(text), title="early")
+    assert figure.axes[1].get_ylim()[1] == pytest.approx(1.05)
+    assert summary.series["edit distance"] == 2  # still plotted, only clipped
