@@ -140,7 +140,10 @@ def test_command_hands_the_extracted_checkpoint_to_the_trainer(
         seen["checkpoint"] = Path(checkpoint_path).read_bytes()
         return [f"x ^ {{ {i} }}" for i, _ in enumerate(image_paths)]
 
-    monkeypatch.setitem(sys.modules, "trainer.predict", types.SimpleNamespace(predict_images=predict_images))
+    stand_in = types.SimpleNamespace(
+        predict_images=predict_images, PredictError=type("PredictError", (Exception,), {})
+    )
+    monkeypatch.setitem(sys.modules, "trainer.predict", stand_in)
     images = []
     for name in ("a.png", "b.png"):
         (tmp_path / name).write_bytes(b"\x89PNG")
@@ -150,3 +153,62 @@ def test_command_hands_the_extracted_checkpoint_to_the_trainer(
     assert stdout.splitlines() == [f"{images[0]}\tx ^ {{ 0 }}", f"{images[1]}\tx ^ {{ 1 }}"]
     code, stdout, _ = _kr("predict", images[0], "--checkpoint", str(tarball), "--json")
     assert json.loads(stdout) == [{"image": images[0], "latex": "x ^ { 0 }"}]
+
+
+# ------------------------------------------------------------------------------------------ a real model
+
+# Two formulas the tiny model learns to read exactly in about 40 steps (2 x 40 copies, batch 4: 20 steps an
+# epoch); 80 steps leave a margin. Each image must get its own formula back, so the model reads the images.
+KNOWN_FORMULAS = ["x ^ { 2 }", "a + b"]
+OVERFIT_ARGS = [
+    "--model_size", "tiny", "--batch_size", "4", "--max_epochs", "4", "--lr", "3e-3", "--warmup_steps", "10",
+    "--schedule_steps", "80", "--label_smoothing", "0", "--num_workers", "0", "--log_every", "20",
+    "--max_target_len", "24", "--seed", "0", "--device", "cpu",
+]  # fmt: skip
+
+
+def _train_tiny_model(root: Path) -> tuple[Path, list[Path]]:
+    """Render the formulas with the synthetic renderer, overfit a tiny model on them in-process; the
+    checkpoints tarball and the image files."""
+    import numpy as np
+
+    from trainer.__main__ import main as train
+    from trainer.synthetic import render_formula, write_parquet
+
+    rng = np.random.default_rng(0)
+    pngs = [render_formula(formula, rng) for formula in KNOWN_FORMULAS]
+    assert all(png is not None for png in pngs)
+    images = []
+    for index, png in enumerate(pngs):
+        images.append(root / f"formula-{index}.png")
+        images[-1].write_bytes(png or b"")
+    data = root / "data"
+    data.mkdir()
+    write_parquet(data / "train.parquet", KNOWN_FORMULAS * 40, [p or b"" for p in pngs] * 40)
+    for split in ("validation", "test"):
+        write_parquet(data / f"{split}.parquet", KNOWN_FORMULAS, [p or b"" for p in pngs])
+    out = root / "out"
+    assert train(["--data_dir", str(data), "--out_dir", str(out), *OVERFIT_ARGS]) == 0
+    return out / "checkpoints.tar.gz", images
+
+
+@pytest.mark.slow
+def test_predict_reads_back_the_formulas_a_trained_tiny_model_knows(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    tarball, images = _train_tiny_model(tmp_path)
+    code, stdout, stderr = _kr("predict", *map(str, images), "--checkpoint", str(tarball))
+    assert code == 0, stderr
+    assert [line.split("\t", 1)[1] for line in stdout.splitlines()] == KNOWN_FORMULAS
+    # The same model found as the newest checkpoint of a run, images in the other order.
+    run = Path(os.environ["KR_HOME"]) / "runs" / "20261126-080000-ef56"
+    (run / "output").mkdir(parents=True)
+    tarball.rename(run / "output" / "checkpoints.tar.gz")
+    (run / "record.json").write_text("{}")
+    code, stdout, stderr = _kr("predict", str(images[1]), str(images[0]), "--run", "20261126", "--json")
+    assert code == 0, stderr
+    assert [item["latex"] for item in json.loads(stdout)] == KNOWN_FORMULAS[::-1]
+    # A file that is no image is bad input: one line, exit 2.
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    code, stdout, stderr = _kr("predict", str(not_an_image), "--run", "20261126")
+    assert code == 2 and stdout == "" and "notes.png" in stderr and "Traceback" not in stderr

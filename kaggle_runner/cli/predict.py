@@ -51,12 +51,15 @@ def predict(
     if run is not None and checkpoint is not None:
         raise UsageError("give --run or --checkpoint, not both")
     _check_images(images)
-    predict_images = _load_predictor()
+    predict_images, input_errors = _load_predictor()
     source = checkpoint if checkpoint is not None else newest_tarball(run)
     with tempfile.TemporaryDirectory(prefix="kr-predict-") as scratch:
         model_file = checkpoint_file(source, Path(scratch), best=best)
         progress(f"checkpoint: {source}" + ("" if model_file == source else f" ({model_file.name})"))
-        formulas = predict_images(str(model_file), [str(path) for path in images])
+        try:
+            formulas = predict_images(str(model_file), [str(path) for path in images])
+        except input_errors as exc:
+            raise UsageError(str(exc)) from None
     if as_json:
         print_json(
             [{"image": str(path), "latex": latex} for path, latex in zip(images, formulas, strict=True)]
@@ -74,17 +77,22 @@ def _check_images(images: Sequence[Path]) -> None:
         raise UsageError(f"no such image file: {', '.join(missing)}")
 
 
-def _load_predictor() -> Callable[[str, list[str]], list[str]]:
-    """``trainer.predict.predict_images``, or a usage error saying how to install what it needs."""
+Predictor = Callable[[str, list[str]], list[str]]
+
+
+def _load_predictor() -> tuple[Predictor, tuple[type[Exception], ...]]:
+    """``trainer.predict.predict_images`` and the errors it raises for bad input, or a usage error saying how
+    to install what it needs."""
     try:
-        from trainer.predict import predict_images
+        from trainer.checkpoint import CheckpointError
+        from trainer.predict import PredictError, predict_images
     except ImportError as exc:
         missing = exc.name or "the trainer"
         raise UsageError(
             f"kr predict runs the model on this machine and needs the training extra ({missing} is missing)",
             hint=TRAIN_EXTRA_HINT,
         ) from None
-    return predict_images  # type: ignore[no-any-return]
+    return predict_images, (PredictError, CheckpointError)
 
 
 # ------------------------------------------------------------------------------------ checkpoints
