@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.trainer_support import load_state, metric_lines, result, tiny_args
+from tests.trainer_support import assert_same_tensors, load_state, metric_lines, result, tiny_args
 from trainer import train as train_module
 from trainer.config import parse_args
 from trainer.data import DATA_NAMES
@@ -207,3 +207,23 @@ def test_tiny_model_overfits_a_handful_of_formulas(tmp_path: Path, shared_cache_
     assert train(args) == 0
     best = result(out)["best"]
     assert best["exact_match"] == 1.0, best
+
+
+def test_last_is_refreshed_inside_an_epoch(tmp_path: Path, shared_cache_dir: Path) -> None:
+    out = tmp_path / "out"
+    assert train(tiny_args(out, "--max_steps", "3", "--save_every_minutes", "0.0001",
+                           cache_dir=shared_cache_dir)) == 0
+    saves = [r for r in metric_lines(out / "training.log", "checkpoint") if r["kind"] == "last"]
+    assert [r["step"] for r in saves] == ["1", "2", "3"]  # every step here; the stop adds nothing new
+    assert load_state(out / "checkpoints" / "last.pth.tar")["progress"]["batch_in_epoch"] == 3
+
+
+def test_worker_count_does_not_change_the_result(tmp_path: Path, shared_cache_dir: Path) -> None:
+    finals = []
+    for workers in ("0", "2"):
+        out = tmp_path / f"w{workers}"
+        assert train(tiny_args(out, "--max_steps", "3", cache_dir=shared_cache_dir)
+                     + ["--num_workers", workers]) == 0
+        finals.append(load_state(out / "checkpoints" / "last.pth.tar"))
+    assert_same_tensors(finals[0]["model"], finals[1]["model"], "model")
+    assert_same_tensors(finals[0]["rng"], finals[1]["rng"], "rng")

@@ -188,6 +188,7 @@ class ImageToLatex(nn.Module):
         self.cfg = cfg
         self.encoder = ConvEncoder(cfg)
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.positions: torch.Tensor
         self.register_buffer("positions", sinusoid_table(cfg.max_len, cfg.d_model), persistent=False)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
@@ -195,6 +196,9 @@ class ImageToLatex(nn.Module):
         self.head.weight = self.embed.weight  # tied: fewer parameters, faster start
         # Scaled by sqrt(d_model) on input, unit-scale logits on output through the tied head.
         nn.init.normal_(self.embed.weight, std=cfg.d_model**-0.5)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [layer for layer in self.layers if isinstance(layer, DecoderLayer)]
 
     def encode(
         self, images: torch.Tensor, widths: torch.Tensor | None = None
@@ -224,7 +228,7 @@ class ImageToLatex(nn.Module):
         """Teacher forcing: images (B,1,H,W), tgt_in (B,L) BOS+ids, widths (B,) -> logits (B,L,V)."""
         memory, mask = self.encode(images, widths)
         x = self.embed_tokens(tgt_in)
-        for layer in self.layers:
+        for layer in self.decoder_layers():
             x = layer(x, layer.cross_attn.keys_values(memory), mask)
         return self.head(self.norm(x))
 
@@ -240,7 +244,7 @@ class ImageToLatex(nn.Module):
         """Free greedy decoding: stops at EOS or max_len, never looks at a reference. Returns ids without BOS/EOS."""
         limit = min(max_len or self.cfg.max_len, self.cfg.max_len) - 1
         memory, mask = self.encode(images, widths)
-        memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.layers]
+        memory_kv = [layer.cross_attn.keys_values(memory) for layer in self.decoder_layers()]
         caches: list[dict[str, torch.Tensor]] = [{} for _ in self.layers]
         batch = images.shape[0]
         token = torch.full((batch, 1), bos, dtype=torch.long, device=images.device)
@@ -248,7 +252,7 @@ class ImageToLatex(nn.Module):
         outputs: list[torch.Tensor] = []
         for position in range(limit):
             x = self.embed_tokens(token, offset=position)
-            for layer, kv, cache in zip(self.layers, memory_kv, caches, strict=True):
+            for layer, kv, cache in zip(self.decoder_layers(), memory_kv, caches, strict=True):
                 x = layer(x, kv, mask, cache)
             token = self.head(self.norm(x[:, -1:])).argmax(dim=-1)  # (B, 1)
             token = token.masked_fill(finished[:, None], eos)

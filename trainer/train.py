@@ -186,13 +186,12 @@ class Trainer:
         if not ckpt.is_best_name(resumed.path.name):
             return
         progress = resumed.state["progress"]
-        newer = resumed.folder / ckpt.LAST_NAME
-        hint = str(newer) if newer.exists() and resumed.folder != resumed.path.parent.parent else "latest"
-        if resumed.origin.name.endswith(".tar.gz") or not newer.exists():
-            hint = f"{self.ckpt_dir / ckpt.LAST_NAME} (or --checkpoint latest)"
+        sibling = resumed.folder / ckpt.LAST_NAME
+        from_tarball = resumed.origin.name.endswith(".tar.gz")
+        hint = f"--checkpoint {sibling}" if sibling.is_file() and not from_tarball else "--checkpoint latest"
         self.log.warning(
             f"resuming from {resumed.path.name} (epoch {progress['epoch']}, step {progress['global_step']}) "
-            f"throws away the training after the best epoch; --checkpoint {hint} resumes the latest state"
+            f"throws away the training after the best epoch; {hint} ({ckpt.LAST_NAME}) resumes the latest state"
         )
 
     def _adopt_identity(self, state: dict[str, Any]) -> None:
