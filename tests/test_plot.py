@@ -175,7 +175,9 @@ def test_plot_of_a_run_folder_reads_its_output(chain_folder: Path, tmp_path: Pat
     summary = plot_training(resolve_source(str(run)), tmp_path / "run.png")
     assert summary.series["BLEU-4"] == STEPS_PER_SESSION // VAL_EVERY
     # Named after the run, whether the folder or the log inside it is given.
-    assert resolve_source(str(run)).name == resolve_source(str(run / "output" / "training.log")).name == run.name
+    assert (
+        resolve_source(str(run)).name == resolve_source(str(run / "output" / "training.log")).name == run.name
+    )
 
 
 def test_unknown_target_is_a_usage_error() -> None:
@@ -247,3 +249,17 @@ def test_huge_edit_distance_of_an_untrained_model_keeps_the_scale_readable() -> 
     figure, summary = build_figure(parse_log_text(text), title="early")
     assert figure.axes[1].get_ylim()[1] == pytest.approx(1.05)
     assert summary.series["edit distance"] == 2  # still plotted, only clipped
+
+
+def test_missing_matplotlib_is_a_clear_message(
+    chain_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(
+        sys.modules, "matplotlib.figure", None
+    )  # what an install without matplotlib looks like
+    code, stdout, stderr = _kr("plot", str(chain_folder), "--out", str(tmp_path / "x.png"))
+    assert code == 2 and stdout == ""
+    assert "kr plot needs matplotlib" in stderr and "pip install matplotlib" in stderr
+    assert not (tmp_path / "x.png").exists()
