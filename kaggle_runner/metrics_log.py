@@ -22,7 +22,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-METRIC_KINDS = ("train", "val", "checkpoint", "stop")
+# What the history keeps; ``start`` (where a trainer run began: epoch, step) is parsed for the live display.
+HISTORY_KINDS = ("train", "val", "checkpoint", "stop")
+METRIC_KINDS = (*HISTORY_KINDS, "start")
 VAL_METRICS = ("bleu4", "exact_match", "edit_distance", "edit_score", "loss")
 LOG_NAME = "training.log"
 RUN_JSON_NAME = "run.json"
@@ -30,7 +32,7 @@ RUN_JSON_NAME = "run.json"
 # The kind must follow a logging level and be followed only by key=value fields. The search is not anchored
 # at the start so that lines with an extra prefix (Kaggle's streamed log adds elapsed seconds) parse too.
 _METRIC_LINE = re.compile(
-    r"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)[ \t]+(train|val|checkpoint|stop)((?:[ \t]+[A-Za-z_][\w.]*=\S*)+)\s*$"
+    r"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)[ \t]+(train|val|checkpoint|stop|start)((?:[ \t]+[A-Za-z_][\w.]*=\S*)+)\s*$"
 )
 # The timestamp just before the level (Python logging's asctime, with or without milliseconds).
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?[ \t]+$")
@@ -265,7 +267,7 @@ def _merge_lines(
 ) -> None:
     for line in lines:
         metric = parse_metric_line(line)
-        if metric is None:
+        if metric is None or metric.kind not in HISTORY_KINDS:
             continue
         step = _as_int(metric.fields.get("step"))
         if step is None:

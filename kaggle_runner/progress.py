@@ -59,8 +59,9 @@ class SessionProgress:
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``total_steps``/``total_epochs``: what this session was asked to do *more* than ``start_step``/
-        ``start_epoch`` (the trainer's ``--max_steps``/``--max_epochs``); ``budget_s``: its time budget,
-        counted from ``started_at`` (default: now). ``plain=None`` chooses by whether stderr is a terminal."""
+        ``start_epoch`` (the trainer's ``--max_steps``/``--max_epochs``); the trainer's ``start`` log line,
+        when streamed, corrects both starts. ``budget_s``: the session's time budget, counted from
+        ``started_at`` (default: now). ``plain=None`` chooses by whether stderr is a terminal."""
         self.console = console or Console(stderr=True, highlight=False)
         self.plain = (
             (not self.console.is_terminal or self.console.is_dumb_terminal) if plain is None else plain
@@ -182,11 +183,21 @@ class SessionProgress:
             metric = parse_metric_line(line)
             if metric is None:
                 continue
-            if metric.kind == "train":
+            if metric.kind == "start":
+                self._take_start(metric)
+            elif metric.kind == "train":
                 self.last_train, self._unprinted = metric, True
             elif metric.kind == "val":
                 self.last_val, new_val = metric, True
         return new_val
+
+    def _take_start(self, metric: MetricLine) -> None:
+        """The trainer's ``start`` line says where this run resumed: progress counts from there."""
+        epoch, step = metric.fields.get("epoch"), metric.fields.get("step")
+        if isinstance(epoch, int):
+            self.start_epoch = epoch
+        if isinstance(step, int):
+            self.start_step = step
 
     # ------------------------------------------------------------------------------------ plain mode
 

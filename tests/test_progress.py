@@ -194,3 +194,19 @@ def test_chain_runner_hooks_drive_the_display() -> None:
         "chain-1 · session 1/3: running · elapsed 0:02:00 · 0:58:00 left · epoch 1 step 100"
     )
     assert len(bodies) == 2  # state changes are printed once, by echo, not again by chain_event
+
+
+def test_trainer_start_line_sets_where_progress_counts_from() -> None:
+    """A chain's later session resumes mid-way: `--max_epochs 2` then means epochs 4 and 5 of 5."""
+    console, buffer = _plain_console()
+    with SessionProgress(total_epochs=2, total_steps=400, console=console, clock=FakeClock()) as p:
+        p.update(
+            state="running",
+            log_lines=[
+                "2026-11-26 23:00:00 INFO start epoch=3 step=1200 batch_in_epoch=0 model_size=base batch_size=32",
+                _train(1300, epoch=4),
+            ],
+        )
+        assert (p.start_epoch, p.start_step) == (3, 1200)
+        assert p.step_fraction() == pytest.approx(0.25)
+    assert "epoch 4/5 step 1300/1600" in buffer.getvalue()
