@@ -284,7 +284,8 @@ class SessionProgress:
                 table.add_row("note", Text(self.message))
             parts: list[RenderableType] = [table]
             if self.log_tail:
-                log = Text("\n").join(Text(line, no_wrap=True, overflow="ellipsis") for line in self.log_tail)
+                log = Text("\n").join(Text(line) for line in self.log_tail)
+                log.no_wrap, log.overflow = True, "ellipsis"  # one screen line per log line, cut at the edge
                 parts.append(Panel(log, title="log", title_align="left", border_style="dim"))
             return Panel(Group(*parts), title=Text(self.title), title_align="left")
 

@@ -210,3 +210,13 @@ def test_trainer_start_line_sets_where_progress_counts_from() -> None:
         assert (p.start_epoch, p.start_step) == (3, 1200)
         assert p.step_fraction() == pytest.approx(0.25)
     assert "epoch 4/5 step 1300/1600" in buffer.getvalue()
+
+
+def test_long_log_lines_take_one_screen_line() -> None:
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=80, color_system=None)
+    with SessionProgress(title="t", console=console) as p:
+        p.update(state="running", log_lines=["x" * 200, "short"])
+    frame = buffer.getvalue()[buffer.getvalue().rfind("╭─ t") :]
+    rows = [row for row in frame.splitlines() if "x" * 20 in row]
+    assert len(rows) == 1 and rows[0].rstrip(" │").endswith("…")
