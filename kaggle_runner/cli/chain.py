@@ -19,6 +19,7 @@ from kaggle_runner.errors import KrError, UsageError
 if TYPE_CHECKING:
     from kaggle_runner.backends.base import Backend
     from kaggle_runner.config import KrConfig
+    from kaggle_runner.notify import Notifier
 
 # Multiplies every interval and timeout of the chain (kaggle_runner.chain.Timing): the local backend's
 # kernels take seconds, not hours; tests and the emulator scale further down.
@@ -80,17 +81,39 @@ def chain_command(
     with chain.chain_lock(record.spec.chain_id):
         record = chain.load_chain(record.spec.chain_id)  # what the previous holder of the lock left
         _apply_arguments(record, sessions, until_epoch, max_retries, wait_for_quota)
+        record = _run_with_display(record, target, config, notifier, follow=follow)
+    _report(record, as_json)
+
+
+def _run_with_display(
+    record: chain.ChainRecord, target: Backend, config: KrConfig, notifier: Notifier, *, follow: bool
+) -> chain.ChainRecord:
+    """Drive the chain with the live display on stderr: a rich panel on a terminal, plain lines elsewhere.
+    Log lines always feed the display; ``--follow`` also prints them in plain mode."""
+    from kaggle_runner.progress import SessionProgress
+
+    spec = record.spec
+    with SessionProgress(
+        title=spec.chain_id,
+        budget_s=spec.session_budget_s,
+        total_epochs=spec.epochs_per_session,
+        plain_log_lines=follow,
+    ) as display:
+
+        def notify(event: dict) -> None:
+            notifier(event)
+            display.chain_event(event)
+
         runner = chain.ChainRunner(
             record,
             target,
             chain.config_renderer(config, target.username()),
             timing=chain_timing(config.backend),
-            notify=notifier,
-            echo=progress,
-            follow_logs=follow,
+            notify=notify,
+            echo=display.echo,
+            follow_logs=True,
         )
-        record = runner.run()
-    _report(record, as_json)
+        return runner.run()
 
 
 def _load(config_path: Path | None, backend: str | None) -> KrConfig:

@@ -56,6 +56,18 @@ def _download_outputs(record: runs.RunRecord, backend: Backend) -> runs.RunRecor
     return record
 
 
+def _wait_with_display(record: runs.RunRecord, target: Backend, *, epochs: int, budget_s: float) -> runs.RunRecord:
+    """Follow the session's log into the live display (stderr) until it ends, then settle its final state."""
+    from kaggle_runner.progress import SessionProgress
+
+    title = f"run {record.run_id}: {record.ref} v{record.version}"
+    with SessionProgress(title=title, total_epochs=epochs, budget_s=budget_s) as display:
+        display.update(state=record.state)
+        for line in runs.follow_logs(record, target):  # both backends stream until the version ends
+            display.update(state="running", log_lines=[line])
+        return runs.wait(record, target, on_change=lambda r: display.update(state=r.state))
+
+
 @command("launch")
 def launch(
     epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs to train in this session.")],
@@ -78,7 +90,7 @@ def launch(
     record = runs.launch(config, target, epochs=epochs, timeout_s=timeout)
     progress(f"run {record.run_id}: {record.ref} version {record.version} is {record.state}")
     if wait:
-        record = runs.wait(record, target, on_change=lambda r: progress(f"run {r.run_id}: {r.state}"))
+        record = _wait_with_display(record, target, epochs=epochs, budget_s=timeout or config.session_budget_s)
         record = _download_outputs(record, target)
     else:
         progress(f"follow it with: kr status {record.run_id}   or   kr logs {record.run_id} -f")
