@@ -41,17 +41,29 @@ def trainer_args(a: argparse.Namespace, out: Path, budget_s: float, schedule_ste
             "--synthetic_val", str(a.val), "--synthetic_test", str(a.test), "--batch_size", str(a.batch_size),
             "--lr", str(a.lr), "--threads", str(a.threads), "--num_workers", "0", "--warmup_steps", "200",
             "--schedule_steps", str(schedule_steps), "--time_budget", str(budget_s), "--out_dir", str(out),
-            "--log_every", "100", "--max_target_len", "120", "--val_max_samples", str(a.val)]
+            "--label_smoothing", "0", "--log_every", "20", "--max_target_len", "120", "--val_max_samples", str(a.val)]
     return args + (["--cache_dir", a.cache_dir] if a.cache_dir else [])
 
 
 def probe_steps_per_second(a: argparse.Namespace, folder: Path) -> float:
     """A short run to measure the step rate (data generation is cached for the real run)."""
     out = folder / "probe"
-    subprocess.run([sys.executable, "-m", "trainer", *trainer_args(a, out, 60, 100000), "--max_steps", "60"],
+    subprocess.run([sys.executable, "-m", "trainer", *trainer_args(a, out, 1800, 100000), "--max_steps", "60"],
                    cwd=REPO, check=True, capture_output=True)
-    result = json.loads((out / "trainer_result.json").read_text())
-    return result["steps_done"] / max(result["seconds"], 1e-9)
+    steps = _train_lines(out / "training.log")
+    (t0, s0), (t1, s1) = steps[0], steps[-1]
+    return (s1 - s0) / max(t1 - t0, 1.0)
+
+
+def _train_lines(log: Path) -> list[tuple[float, int]]:
+    """(time, step) of each train line."""
+    found = []
+    for line in log.read_text().splitlines():
+        words = line.split()
+        if len(words) > 4 and words[3] == "train":
+            stamp = time.mktime(time.strptime(f"{words[0]} {words[1]}", "%Y-%m-%d %H:%M:%S"))
+            found.append((stamp, int(words[5].split("=")[1])))
+    return found
 
 
 def main() -> int:
@@ -59,7 +71,8 @@ def main() -> int:
     folder = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="kr-learn-"))
     folder.mkdir(parents=True, exist_ok=True)
     budget = a.minutes * 60
-    schedule = a.schedule_steps or int(0.9 * probe_steps_per_second(a, folder) * budget)
+    # A horizon a little past the expected step count: the budget, not the schedule, ends the run.
+    schedule = a.schedule_steps or max(500, int(1.3 * probe_steps_per_second(a, folder) * budget))
     out = folder / "run"
     began = time.time()
     train = subprocess.run([sys.executable, "-m", "trainer", *trainer_args(a, out, budget, schedule)], cwd=REPO)

@@ -389,6 +389,7 @@ class Trainer:
         if metrics is None:
             return "signal" if self.stop_signal is not None else self.clock.reason
         self.clock.record_validation(time.time() - began)
+        self.window_started += time.time() - began  # samples_per_s measures training steps only
         self.progress.epoch += 1
         self.progress.batch_in_epoch = 0
         self.epochs_done += 1
@@ -459,6 +460,7 @@ class Trainer:
         self.dirty = False
         self.last_save_time = time.time()
         self.clock.record_save(self.last_save_time - began)
+        self.window_started += self.last_save_time - began
         for kind, name in written:
             log_metrics("checkpoint", kind=kind, path=f"{ckpt.CHECKPOINT_DIR}/{name}", epoch=self.progress.epoch,
                         step=self.progress.global_step)
