@@ -126,8 +126,13 @@ def run_metrics(record: runs.RunRecord) -> dict[str, Any]:
     if history is not None:
         best = best or _best_from_log(history)
         epoch = epoch if epoch is not None else _last_epoch_from_log(history)
-        if step is None and (history.stops or history.val or history.train):
-            step = max(r.step for r in (*history.stops, *history.val, *history.train))
+        if step is None:
+            steps = (
+                [r.step for r in history.stops]
+                + [r.step for r in history.val]
+                + [r.step for r in history.train]
+            )
+            step = max(steps, default=None)
     seconds = _finite(session.seconds) if session is not None else None
     return {
         "epoch": epoch,
