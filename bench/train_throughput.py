@@ -275,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     a = parse(argv)
     result = run_ddp(a, argv) if a.ddp else run_single(a)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from trainer.distributed import shutdown
+
+        shutdown()
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     text = json.dumps(result, indent=2, sort_keys=True)

@@ -53,6 +53,9 @@ class TrainConfig:
     val_max_samples: int = 0
     device: str = "auto"
     threads: int = 0
+    amp: bool = True
+    compile: bool = False
+    channels_last: bool = False
 
     @property
     def resolved_lr(self) -> float:
@@ -148,6 +151,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (0: torch's default); 1 is much faster on a busy CPU")
     g.add_argument("--num_workers", type=_non_negative_int, default=2,
                    help="DataLoader worker processes (results do not depend on it)")
+    g.add_argument("--no_amp", dest="amp", action="store_false",
+                   help="train in fp32 on CUDA (default: fp16 autocast with a gradient scaler; CPU is always fp32)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training model (pays off in long sessions; see bench/README.md)")
+    g.add_argument("--channels_last", action="store_true",
+                   help="channels_last memory layout for the CNN (see bench/README.md for when it helps)")
 
 
 def _add_optimization_flags(p: argparse.ArgumentParser) -> None:

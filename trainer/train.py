@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from kaggle_runner.fsutil import atomic_write_json, sha256_file
-from trainer import FORMAT_VERSION
+from trainer import FORMAT_VERSION, distributed
 from trainer import checkpoint as ckpt
 from trainer.budget import DeadlineError, StopClock, read_env_deadline
 from trainer.config import TrainConfig
@@ -46,7 +47,7 @@ from trainer.inference import decode_split
 from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
-from trainer.runtime import Runtime, RuntimeSetupError, detect_runtime
+from trainer.runtime import Runtime, RuntimeSetupError
 from trainer.tokenizer import Vocab
 
 RESULT_NAME = "trainer_result.json"
@@ -155,6 +156,7 @@ class Trainer:
         self._build_model(state)
         if state is not None:
             self._restore(state)
+        self._wrap_for_training()
         self._prime_clock()
         self._log_start()
 
@@ -217,7 +219,7 @@ class Trainer:
     def _load_train(self, state: dict[str, Any] | None) -> tuple[Vocab, PreparedSplit]:
         texts, images = load_texts_and_images(self.data_cfg, "train")
         vocab = Vocab.from_list(state["vocab"]) if state else Vocab.build(texts)
-        split = prepare_split(texts, images, vocab, self.spec, self.cfg.max_target_len)
+        split = prepare_split(texts, images, vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
         self._log_data_report("train", split)
         return vocab, split
 
@@ -225,11 +227,15 @@ class Trainer:
         texts, images = load_texts_and_images(self.data_cfg, "validation")
         if self.cfg.val_max_samples:
             texts, images = texts[: self.cfg.val_max_samples], images[: self.cfg.val_max_samples]
-        split = prepare_split(texts, images, self.vocab, self.spec, self.cfg.max_target_len)
+        split = prepare_split(texts, images, self.vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
         self._log_data_report("validation", split)
         if len(split) == 0:
             raise DataError("no readable image in the validation split: check the data source")
         return split
+
+    def _prepare_procs(self) -> int:
+        """Decoding processes: the session's CPUs, shared among the DDP ranks (each prepares every split)."""
+        return max(1, (os.cpu_count() or 1) // self.runtime.world_size)
 
     def _log_data_report(self, name: str, split: PreparedSplit) -> None:
         log_metrics("data", split=name, **split.report)
@@ -250,13 +256,30 @@ class Trainer:
         else:
             model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2)
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
+        if self.cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         no_decay = [p for p in self.model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.resolved_lr, betas=(0.9, 0.98))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.runtime.is_cuda)
+            lr=self.cfg.resolved_lr, betas=(0.9, 0.98), fused=self.runtime.is_cuda or None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.schedule = state["schedule"] if state else self._new_schedule()
+
+    @property
+    def use_amp(self) -> bool:
+        """fp16 autocast + GradScaler: on CUDA only (a CPU has no fast fp16)."""
+        return self.runtime.is_cuda and self.cfg.amp
+
+    def _wrap_for_training(self) -> None:
+        """The module the training step calls: DDP around the model when several processes train, compiled
+        on request. ``self.model`` stays the plain module: checkpoints, validation and prediction use it, so a
+        checkpoint is the same whatever the wrapping."""
+        module: torch.nn.Module = self.model
+        if self.runtime.world_size > 1:
+            device_ids = [self.runtime.local_rank] if self.runtime.is_cuda else None
+            module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.train_model = torch.compile(module) if self.cfg.compile else module
 
     def _new_schedule(self) -> dict[str, float]:
         total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
@@ -267,23 +290,42 @@ class Trainer:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if state.get("scaler") and self.runtime.is_cuda:
+            if state.get("scaler") and self.use_amp:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ckpt.CheckpointError(f"{self.resumed.path if self.resumed else '?'} does not fit this model "
                                        f"({str(exc).splitlines()[0][:160]}): use a checkpoint this trainer wrote") from None
-        self.progress = Progress(**state["progress"])
+        self.progress = self._progress_for_world_size(state)
         self.window = LossWindow(**state.get("loss_window", {}))
         self.best = state.get("best")
         self.last_val = state.get("last_val")
         self.last_train_loss = state.get("train_loss")
-        ckpt.restore_rng(state["rng"])
+        ckpt.restore_rng(self._own_rng(state))
         self.dirty = not (self.ckpt_dir / ckpt.LAST_NAME).exists() or not (self.out_dir / ckpt.TARBALL_NAME).exists()
+
+    def _progress_for_world_size(self, state: dict[str, Any]) -> Progress:
+        """The saved position; saved with another process count, the position in the epoch is converted to
+        the same share of the epoch (exact only when the count is unchanged)."""
+        progress = Progress(**state["progress"])
+        saved_world = int(state.get("world_size", 1))
+        if saved_world != self.runtime.world_size and progress.batch_in_epoch:
+            converted = progress.batch_in_epoch * saved_world // self.runtime.world_size
+            progress.batch_in_epoch = min(converted, self.steps_per_epoch)
+            self.log.info(f"checkpoint written by {saved_world} processes, resuming with "
+                          f"{self.runtime.world_size}: batch {progress.batch_in_epoch} of the epoch")
+        return progress
+
+    def _own_rng(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's saved RNG states when the process count is unchanged, else rank 0's."""
+        by_rank = state.get("rng_by_rank") or []
+        if len(by_rank) == self.runtime.world_size:
+            return by_rank[self.runtime.rank]
+        return state["rng"]
 
     def _log_start(self) -> None:
         p = self.progress
         source = f"resumed from {self.resumed.origin}" if self.resumed else "fresh start"
-        self.log.info(f"{source}; device {self.runtime.device}; {count_parameters(self.model):,} parameters; "
+        self.log.info(f"{source}; device {self.runtime.device} x{self.runtime.world_size}; {count_parameters(self.model):,} parameters; "
                       f"{self.steps_per_epoch} steps per epoch; schedule {self.schedule}")
         log_metrics("start", epoch=p.epoch, step=p.global_step, batch_in_epoch=p.batch_in_epoch,
                     model_size=self.cfg.model_size, batch_size=self.cfg.batch_size,
@@ -309,23 +351,31 @@ class Trainer:
                 if reason:
                     return reason
                 continue
-            reason = self._stop_reason()
+            reason = self._agreed_stop_reason(after_step=False)
             if reason:
                 return reason
             self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
             for batch in loader:
                 self._train_step(batch)
-                self._maybe_periodic_save()
-                reason = self._stop_reason()
+                reason = self._agreed_stop_reason(after_step=True)
                 if reason:
                     return reason
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
+        workers = self.cfg.num_workers
         return torch.utils.data.DataLoader(
             OcrDataset(self.train_split), batch_sampler=self.sampler, collate_fn=collate,
-            num_workers=self.cfg.num_workers, pin_memory=self.runtime.is_cuda,
-            generator=torch.Generator().manual_seed(self.cfg.seed))
+            num_workers=workers, pin_memory=self.runtime.is_cuda, persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
+        """Why to stop, agreed by every rank; after a step, also a periodic save when one is due on any rank."""
+        save_due = after_step and self._periodic_save_due()
+        reason, save_due = distributed.agree_stop(self.runtime, self._stop_reason(), save_due)
+        if save_due and not reason:
+            self._save(epoch_file=False, best_file=False)
+        return reason
 
     def _stop_reason(self) -> str | None:
         """Why to stop before the next step, if at all."""
@@ -343,12 +393,13 @@ class Trainer:
     def _train_step(self, batch: Batch) -> None:
         began = time.time()
         batch = batch.to(self.runtime.device, non_blocking=True)
+        images = batch.images.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else batch.images
         lr = lr_at(self.progress.global_step, self.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.runtime.is_cuda):
-            logits = self.model(batch.images, batch.tgt_in, batch.widths)
+        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.train_model(images, batch.tgt_in, batch.widths)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=Vocab.PAD,
                                label_smoothing=self.cfg.label_smoothing)
         self.scaler.scale(loss).backward()
@@ -373,7 +424,8 @@ class Trainer:
         elapsed = max(time.time() - self.window_started, 1e-9)
         self.last_train_loss = self.window.loss_sum / max(self.window.steps, 1)
         log_metrics("train", epoch=self.progress.epoch + 1, step=self.progress.global_step,
-                    loss=self.last_train_loss, lr=lr, samples_per_s=self.window.samples / elapsed)
+                    loss=self.last_train_loss, lr=lr,
+                    samples_per_s=self.window.samples * self.runtime.world_size / elapsed)
         self.window = LossWindow()
         self.window_started = time.time()
 
@@ -382,12 +434,13 @@ class Trainer:
     def _finish_epoch(self) -> str | None:
         """Validate, then count the epoch and save its checkpoint. A stop request during validation leaves the
         epoch pending (the next run validates it)."""
-        if self.stop_signal is not None:
-            return "signal"
+        signalled, _ = distributed.agree_stop(self.runtime, "signal" if self.stop_signal is not None else None, False)
+        if signalled:
+            return signalled
         began = time.time()
-        metrics = self._validate()
+        metrics, stopped = self._validate()
         if metrics is None:
-            return "signal" if self.stop_signal is not None else self.clock.reason
+            return stopped
         self.clock.record_validation(time.time() - began)
         self.window_started += time.time() - began  # samples_per_s measures training steps only
         self.progress.epoch += 1
@@ -404,7 +457,14 @@ class Trainer:
             return "max_epochs"
         return None
 
-    def _validate(self) -> dict[str, float] | None:
+    def _validate(self) -> tuple[dict[str, float] | None, str]:
+        """Rank 0 validates (the other ranks wait for its outcome): the metrics, or None and why it stopped."""
+        outcome: tuple[dict[str, float] | None, str] = (None, "")
+        if self.runtime.is_main_process:
+            outcome = self._validate_here()
+        return distributed.broadcast_from_main(self.runtime, outcome)
+
+    def _validate_here(self) -> tuple[dict[str, float] | None, str]:
         def should_continue() -> bool:
             return self.stop_signal is None and self.clock.room_for(self.clock.step_estimate())
 
@@ -412,9 +472,9 @@ class Trainer:
                               should_continue)
         if not result.complete:
             self.log.info("validation interrupted; the next run validates this epoch")
-            return None
+            return None, "signal" if self.stop_signal is not None else self.clock.reason
         metrics = score_texts(result.hypotheses, self.val_split.texts)
-        return {**metrics, "loss": result.loss, "samples": len(self.val_split)}
+        return {**metrics, "loss": result.loss, "samples": len(self.val_split)}, ""
 
     def _is_improvement(self, metrics: dict[str, float]) -> bool:
         key = self.cfg.best_metric
@@ -424,15 +484,18 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- saving
 
-    def _maybe_periodic_save(self) -> None:
-        if time.time() - self.last_save_time >= self.cfg.save_every_minutes * 60:
-            self._save(epoch_file=False, best_file=False)
+    def _periodic_save_due(self) -> bool:
+        return time.time() - self.last_save_time >= self.cfg.save_every_minutes * 60
 
     def _save(self, *, epoch_file: bool, best_file: bool) -> None:
-        if not self.runtime.is_main_process:
-            return
+        """Every rank calls this together (it gathers the ranks' RNG states); rank 0 writes."""
         began = time.time()
-        data = ckpt.serialize(self._state())
+        rng_by_rank = distributed.gather_to_main(self.runtime, ckpt.capture_rng())
+        if not self.runtime.is_main_process:
+            self.dirty = False
+            self.last_save_time = time.time()
+            return
+        data = ckpt.serialize(self._state(rng_by_rank))
         digest = ckpt.sha256_bytes(data)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         hashes = dict(ckpt.read_manifest(self.ckpt_dir)["files"])
@@ -475,15 +538,17 @@ class Trainer:
             hashes[name] = sha256_file(self.ckpt_dir / name)
         ckpt.write_manifest(self.ckpt_dir, hashes, self.progress.epoch, self.progress.global_step)
 
-    def _state(self) -> dict[str, Any]:
+    def _state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format_version": FORMAT_VERSION,
             "model": self.model.state_dict(),
             "model_config": self.model.cfg.to_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.runtime.is_cuda else {},
+            "scaler": self.scaler.state_dict() if self.use_amp else {},
             "schedule": dict(self.schedule),
-            "rng": ckpt.capture_rng(),
+            "rng": rng_by_rank[0],
+            "rng_by_rank": rng_by_rank,  # one per process; a different process count resumes with rank 0's
+            "world_size": self.runtime.world_size,
             "progress": asdict(self.progress),
             "loss_window": asdict(self.window),
             "train_loss": self.last_train_loss,
@@ -525,7 +590,7 @@ class Trainer:
 def run(cfg: TrainConfig, start: float) -> int:
     """Train as configured; returns the process exit code (docs/architecture.md §2)."""
     try:
-        runtime = detect_runtime(cfg.device)
+        runtime = distributed.init_runtime(cfg.device)
     except RuntimeSetupError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
@@ -539,6 +604,7 @@ def run(cfg: TrainConfig, start: float) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         close_logging()
+        distributed.shutdown()
 
 
 def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:

@@ -1,0 +1,120 @@
+"""Data-parallel training on CPU: 2 processes through torchrun with the gloo backend, the tiny model.
+
+The ranks must hold identical parameters after training, a 2-process run stopped and resumed must end with
+the weights of an uninterrupted 2-process run, and a checkpoint must resume under another process count.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.trainer_support import REPO, load_state, result, tiny_args, trainer_env
+
+pytestmark = pytest.mark.slow
+
+# Trains like `python -m trainer`, then writes a digest of this rank's parameters (only rank 0 saves files,
+# so this is how the test sees the other rank's weights).
+RANK_DIGEST_SCRIPT = """
+import hashlib, sys, time
+from pathlib import Path
+from trainer import distributed
+from trainer.config import parse_args
+from trainer.logs import close_logging, setup_logging
+from trainer.train import Trainer
+
+cfg = parse_args(sys.argv[1:])
+runtime = distributed.init_runtime(cfg.device)
+setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process)
+trainer = Trainer(cfg, runtime, time.time())
+trainer.setup()
+trainer.run()
+digest = hashlib.sha256()
+for tensor in trainer.model.parameters():  # BatchNorm running stats are rank 0's: DDP broadcasts them
+    digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+Path(cfg.out_dir, f"rank{runtime.rank}.sha256").write_text(digest.hexdigest())
+close_logging()
+distributed.shutdown()
+"""
+
+
+def torchrun(target: list[str], args: list[str], processes: int = 2) -> subprocess.CompletedProcess[str]:
+    env = trainer_env() | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *target, *args, "--device", "cpu"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def weights(out_dir: Path) -> dict[str, torch.Tensor]:
+    return load_state(out_dir / "checkpoints" / "last.pth.tar")["model"]
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not different, f"weights differ: {different[:5]}"
+
+
+def rank_digests(out_dir: Path) -> list[str]:
+    return [(out_dir / f"rank{r}.sha256").read_text() for r in range(2)]
+
+
+@pytest.fixture()
+def digest_script(tmp_path: Path) -> list[str]:
+    script = tmp_path / "train_and_digest.py"
+    script.write_text(RANK_DIGEST_SCRIPT)
+    return [str(script)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="torchrun's CPU workers need a POSIX system")
+def test_two_processes_stay_in_sync_and_resume_exactly(
+    tmp_path: Path, shared_cache_dir: Path, digest_script: list[str]
+) -> None:
+    # 32 samples, batch 8 per rank: 2 steps per epoch; 6 steps = 3 epochs with validation between them.
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    torchrun(digest_script, tiny_args(whole, "--max_steps", "6", cache_dir=shared_cache_dir))
+    first, second = rank_digests(whole)
+    assert first == second, "the two ranks ended with different parameters"
+    assert result(whole)["step"] == 6
+
+    # Stopped mid-epoch (step 3 of 6), resumed through the real command line and then the digest script.
+    torchrun(["-m", "trainer"], tiny_args(parts, "--max_steps", "3", cache_dir=shared_cache_dir))
+    assert result(parts)["batch_in_epoch"] == 1
+    assert load_state(parts / "checkpoints" / "last.pth.tar")["world_size"] == 2
+    torchrun(digest_script, tiny_args(parts, "--max_steps", "3", "--checkpoint", "latest",
+                                      cache_dir=shared_cache_dir))
+    assert rank_digests(parts) == [first, first]
+    assert result(parts)["step"] == 6
+    assert_same_weights(weights(whole), weights(parts))
+
+
+def test_checkpoints_move_between_one_and_two_processes(tmp_path: Path, shared_cache_dir: Path) -> None:
+    two = tmp_path / "two"
+    torchrun(["-m", "trainer"], tiny_args(two, "--max_steps", "3", cache_dir=shared_cache_dir))
+
+    # Written by 2 processes, resumed by 1: same model and optimizer, the position converted (1 of 2 per-rank
+    # batches -> 2 of 4 single-process batches).
+    one = tmp_path / "one"
+    env = trainer_env() | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer", *tiny_args(one, "--max_steps", "2", "--checkpoint",
+                                                      str(two / "checkpoints" / "last.pth.tar"),
+                                                      cache_dir=shared_cache_dir), "--device", "cpu"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert result(one)["step"] == 5
+    assert load_state(one / "checkpoints" / "last.pth.tar")["world_size"] == 1
+
+    # Written by 1 process, resumed by 2.
+    torchrun(["-m", "trainer"], tiny_args(one, "--max_steps", "1", "--checkpoint", "latest",
+                                          cache_dir=shared_cache_dir))
+    assert result(one)["step"] == 6
+    state = load_state(one / "checkpoints" / "last.pth.tar")
+    assert state["world_size"] == 2 and len(state["rng_by_rank"]) == 2
