@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -373,3 +374,51 @@ def test_a_session_trains_and_the_next_resumes_from_its_published_outputs(
     assert run["resumed_from"]["sha256"] == marker.sha256
     old_log, new_log = log_lines(previous / "training.log"), log_lines(layout["working"] / "training.log")
     assert new_log[: len(old_log)] == old_log and len(new_log) > len(old_log)
+
+
+@pytest.mark.slow
+def test_two_gpu_session_stopped_by_sigterm_under_torchrun_ends_clean(layout: dict[str, Path]) -> None:
+    """With 2 devices the script starts torchrun (here: 2 CPU processes over gloo). torchrun exits non-zero once
+    signalled even though the trainer saved and stopped cleanly; the script must report that stop as success."""
+    config = KrConfig(
+        internet=False,
+        trainer=TrainerArgs(
+            model_size="tiny",
+            batch_size=4,
+            synthetic_train=512,
+            synthetic_val=8,
+            synthetic_test=8,
+            extra_args=("--num_workers", "0", "--device", "cpu", "--threads", "1", "--log_every", "1"),
+        ),
+    )
+    script = render(layout, config, resume_spec(None, session=0), real_trainer_dir())
+    env = dict(
+        os.environ,
+        KR_KAGGLE_INPUT=str(layout["input"]),
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(layout["no-kr"]),
+        CUDA_VISIBLE_DEVICES="0,1",  # what the script counts; the trainer itself runs on the CPU
+        GLOO_SOCKET_IFNAME="lo",
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=layout["working"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    log = layout["working"] / "training.log"
+    deadline = time.monotonic() + 180
+    while not (log.is_file() and re.search(r" train epoch=", log.read_text())):
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        assert time.monotonic() < deadline, "the trainer never logged a training step"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    run = run_json(layout)
+    assert run["gpus"] == 2 and run["args"][:2] == ["-m", "torch.distributed.run"]
+    assert run["exit_code"] == 0 and run["stop_reason"] == "signal", run
+    with tarfile.open(layout["working"] / "checkpoints.tar.gz") as archive:
+        assert "checkpoints/last.pth.tar" in archive.getnames()
