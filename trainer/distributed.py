@@ -33,7 +33,7 @@ def init_runtime(device_flag: str = "auto") -> Runtime:
     """The runtime of this process; joins the process group when torchrun started several."""
     world_size = env_world_size()
     if world_size <= 1:
-        return _single_process(device_flag)
+        return detect_runtime(device_flag)
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
     if use_cuda:
@@ -52,9 +52,6 @@ def init_runtime(device_flag: str = "auto") -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
 
 
-def _single_process(device_flag: str) -> Runtime:
-    # detect_runtime refuses a WORLD_SIZE above 1; a torchrun of one process sets WORLD_SIZE=1.
-    return detect_runtime(device_flag)
 
 
 def shutdown() -> None:

@@ -6,7 +6,6 @@ so multi-process training (torchrun's RANK/WORLD_SIZE/LOCAL_RANK) plugs in witho
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -33,12 +32,7 @@ class Runtime:
 
 
 def detect_runtime(device_flag: str = "auto") -> Runtime:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1:
-        raise RuntimeSetupError(
-            f"WORLD_SIZE={world_size}: this trainer runs one process; start it without torchrun "
-            "(multi-GPU training is not supported yet)"
-        )
+    """The runtime of a single-process run; ``trainer.distributed.init_runtime`` handles torchrun's several."""
     if device_flag == "cuda" and not torch.cuda.is_available():
         raise RuntimeSetupError("--device cuda but no CUDA device is visible: use --device cpu or auto")
     use_cuda = device_flag == "cuda" or (device_flag == "auto" and torch.cuda.is_available())
