@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Training throughput on a CUDA machine, in under 5 minutes: one GPU with fp16 (the default model and the
-# batch size of a T4 session), with and without each CUDA speed option (channels_last, torch.compile), and
-# DDP with 2 processes when 2 GPUs are visible. Synthetic data is generated on the spot (small, cached in a
+# batch size of a T4 session) against fp32, with and without each CUDA speed option (channels_last, cuDNN
+# autotuning; torch.compile with --with-compile), a kernel profile of fp16 and fp32 steps, and DDP with 2
+# processes when 2 GPUs are visible. Synthetic data is generated on the spot (small, cached in a
 # temp dir). Needs only torch, torchvision, numpy, pillow, matplotlib, pyarrow and editdistance.
 #
-#   bash bench/gpu.sh              # on a CUDA machine
+#   bash bench/gpu.sh              # on a CUDA machine (add --with-compile to time torch.compile too)
 #   bash bench/gpu.sh --cpu-smoke  # the same steps on CPU with the tiny model, in seconds (checks the script)
 #
 # JSON goes to $OUT if set, else ./bench/results; each run also prints its one-line summary.
@@ -39,12 +40,18 @@ run() {  # run NAME [extra flags...]
     "$PYTHON" bench/train_throughput.py "${COMMON[@]}" "$@" --json "$RESULTS/throughput_$name.json" | tail -n 1
 }
 
-run fp16
+run fp16 --profile 5
 run fp16_channels_last --channels_last
 if [[ "$SMOKE" == 0 ]]; then
-    # Not in the smoke run: compiling on a CPU takes minutes (the measured cost is in bench/README.md).
-    run fp16_compile --compile
-    run fp32 --no-amp
+    # On an H200, fp16 ran 4x slower than fp32 (bench/README.md): the profiles and the cuDNN autotuning runs
+    # tell a bad convolution algorithm choice from overhead elsewhere.
+    run fp32 --no-amp --profile 5
+    run fp16_cudnn_benchmark --cudnn_benchmark
+    run fp32_cudnn_benchmark --no-amp --cudnn_benchmark
+    if [[ " $* " == *" --with-compile "* ]]; then
+        # Measured once: 0.91x the plain fp16 rate after 129 s of compiling (bench/README.md). Opt-in.
+        run fp16_compile --compile
+    fi
 fi
 if [[ "$GPUS" -ge 2 ]]; then
     run ddp2 --ddp

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="training time budget")
-    p.add_argument("--train", type=int, default=4000, help="synthetic training formulas")
+    p.add_argument("--train", type=int, default=8000, help="synthetic training formulas")
     p.add_argument("--val", type=int, default=200, help="synthetic validation formulas (checked each epoch)")
     p.add_argument("--test", type=int, default=300, help="synthetic test formulas (scored at the end)")
     p.add_argument("--batch_size", type=int, default=16)

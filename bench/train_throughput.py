@@ -48,6 +48,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, cudnn, compile)")
     p.add_argument("--samples", type=int, default=512, help="synthetic training images")
     p.add_argument("--cache_dir", default=None, help="synthetic-set cache (default: $KR_CACHE_DIR or a temp dir)")
+    p.add_argument("--cudnn_benchmark", action="store_true",
+                   help="let cuDNN time its convolution algorithms per input shape (torch.backends.cudnn.benchmark)")
+    p.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                   help="after timing, profile this many steps and report the kernels that take the most time")
     p.add_argument("--ddp", action="store_true", help="also run 2 processes via torchrun; report the scaling")
     p.add_argument("--json", default=None, help="also write the JSON here")
     return p.parse_args(argv)
@@ -188,6 +192,33 @@ def measure_steps(trainer: Any, warmup: int, steps: int) -> dict[str, float]:
             "warmup_steps_s": warmup_s or 0.0}
 
 
+def profile_steps(trainer: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
+    """The operators and kernels that take the most self time over ``steps`` training steps: on a GPU this is
+    what tells a slow kernel choice (e.g. an fp16 convolution algorithm) from launch overhead."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = trainer.runtime.is_cuda
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    trainer.sampler.set_epoch(0, 0)
+    iterator = iter(trainer._loader())
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            batch = next(iterator, None)
+            if batch is None:
+                break
+            trainer._train_step(batch)
+            synchronize(trainer)
+
+    def self_us(event: Any) -> float:
+        if cuda:
+            return float(getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0))
+        return float(event.self_cpu_time_total)
+
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)[:top]
+    return [{"name": e.key[:100], "self_ms_per_step": self_us(e) / 1000 / steps, "calls": e.count}
+            for e in events]
+
+
 def measure_save(trainer: Any) -> dict[str, float]:
     """A full save (serialize, hash, write, manifest, tarball) and the tarball packing alone."""
     from trainer import checkpoint as ckpt
@@ -227,6 +258,8 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"model_size": a.model_size, "batch_size": a.batch_size, "amp": a.amp,
                               "compile": a.compile, "channels_last": a.channels_last, "workers": a.workers,
                               "threads": torch.get_num_threads(), "imports_s": imports_s}
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    result["cudnn_benchmark"] = a.cudnn_benchmark
     trainer, parts = build_trainer(cfg)
     result |= parts
     result |= {"device": str(trainer.runtime.device), "world_size": trainer.runtime.world_size,
@@ -235,6 +268,8 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
 
     result["padding_share"] = padding_share(trainer.sampler, trainer.train_split.widths, 0)
     result |= measure_steps(trainer, a.warmup, a.steps)
+    if a.profile:
+        result["top_kernels"] = profile_steps(trainer, a.profile)
     result |= measure_save(trainer)
     if trainer.runtime.is_main_process:
         result |= measure_prepare(cfg)
@@ -265,10 +300,11 @@ def summary(r: dict[str, Any]) -> str:
         s, d = r["single"], r["ddp2"]
         return (f"ddp {s['device']}: 1 process {s['samples_per_s']:.1f} samples/s, 2 processes "
                 f"{d['samples_per_s']:.1f} samples/s, scaling {r['ddp_scaling']:.2f}x")
+    kernels = "".join(f" | {k['name'][:48]} {k['self_ms_per_step']:.1f} ms/step" for k in r.get("top_kernels", [])[:3])
     return (f"{r['model_size']} b{r['batch_size']} {r['device']}: {r['samples_per_s']:.1f} samples/s "
             f"{r['tokens_per_s']:.0f} tok/s, step {r['step_ms']:.0f} ms, data wait {100 * r['data_wait_share']:.1f}%, "
             f"padding {100 * r['padding_share']:.1f}%, first step {r['first_step_after_start_s']:.1f}s, "
-            f"save {r['save_s']:.2f}s (pack {r['pack_s']:.2f}s), full-set start ~{r['full_start_estimate_s']:.0f}s")
+            f"save {r['save_s']:.2f}s (pack {r['pack_s']:.2f}s), full-set start ~{r['full_start_estimate_s']:.0f}s{kernels}")
 
 
 def main(argv: list[str] | None = None) -> int:
