@@ -140,7 +140,7 @@ def test_push_retried_on_429(backend: KaggleBackend, kaggle_emulator: Any, tmp_p
 def test_gpu_session_limit_is_refused_in_band(
     backend: KaggleBackend, kaggle_emulator: Any, tmp_path: Path
 ) -> None:
-    kaggle_emulator.faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR)
+    kaggle_emulator.faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR.format(limit=2))
     with pytest.raises(PushRefused) as refused:
         backend.push(PushRequest(folder=kernel_folder(tmp_path, kaggle_emulator.username, gpu=True)))
     assert refused.value.reason == "gpu_session_limit"

@@ -168,7 +168,7 @@ def test_kernel_error_timeout_kill_busy_gpu_slot_and_stale_mount_are_all_recover
     kaggle_emulator: TestEmulator, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     faults = kaggle_emulator.faults
-    faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR)  # the first push finds the GPU slots busy
+    faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR.format(limit=2))  # the first push finds the GPU slots busy
     faults.kernel_errors(KERNEL, "Kernel failed: injected error")  # the first version that runs fails
     stale_mounts = arm_stale_mount(kaggle_emulator, monkeypatch)
     events: list[dict[str, Any]] = []

@@ -148,7 +148,7 @@ def test_render_is_deterministic(project: Path, tmp_path: Path) -> None:
 
 
 def test_push_refused_for_the_gpu_session_limit(project: Path, kaggle_emulator: Any) -> None:
-    kaggle_emulator.faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR)
+    kaggle_emulator.faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR.format(limit=2))
     result = kr("--config", str(project), "launch", "--epochs", "1", "--backend", "kaggle")
     assert result.exit_code == 1, result
     assert "\nerror: Kaggle refused the push" in result.stderr and "GPU session count" in result.stderr
