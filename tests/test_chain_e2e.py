@@ -165,13 +165,13 @@ def test_four_sessions_through_429_storms_and_a_503_upload_equal_one_run(
 
 
 def test_kernel_error_timeout_kill_busy_gpu_slot_and_stale_mount_are_all_recovered(
-    kaggle_emulator: TestEmulator, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kaggle_emulator: TestEmulator, reference: Path, tmp_path: Path
 ) -> None:
     faults = kaggle_emulator.faults
     faults.add("SaveKernel", in_band=GPU_SESSION_LIMIT_ERROR.format(limit=2))  # the first push finds the GPU slots busy
     faults.kernel_errors(KERNEL, "Kernel failed: injected error")  # the first version that runs fails
-    stale_mounts = arm_stale_mount(kaggle_emulator, monkeypatch)
     events: list[dict[str, Any]] = []
+    second_session_started: list[bool] = []
 
     def script_faults(event: dict[str, Any]) -> None:
         events.append(event)
@@ -179,8 +179,9 @@ def test_kernel_error_timeout_kill_busy_gpu_slot_and_stale_mount_are_all_recover
             faults.kernel_time_limit(KERNEL, 0.5)  # the retry is killed at its "time limit"
         elif event["state"] == "running" and KERNEL in faults.time_limits:
             faults.time_limits.pop(KERNEL)  # that push carried the limit; the next ones run normally
-        elif event["state"] == "checking_quota" and event["session"] == 2 and not stale_mounts:
-            stale_mounts.append("armed")  # session 2's first kernel mounts nothing new
+        elif event["state"] == "checking_quota" and event["session"] == 2 and not second_session_started:
+            second_session_started.append(True)
+            kaggle_emulator.datasets.serve_stale_mounts(1)  # session 2's first kernel mounts nothing new
 
     record, backend, renderer = new_chain(write_config(tmp_path / "project", "kaggle"), 2)
     record = drive(record, backend, renderer, notify=script_faults)
@@ -195,22 +196,6 @@ def test_kernel_error_timeout_kill_busy_gpu_slot_and_stale_mount_are_all_recover
     assert "waiting_gpu_slot" in states and "waiting_stale_input" in states
     assert "injected error" in (first.attempts[0].failure_message or "")
     assert_matches_reference(session_dir(record, 2), reference, 2, tmp_path)
-
-
-def arm_stale_mount(emulator: TestEmulator, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Once armed (append to the returned list), the next kernel that asks for datasets gets none mounted,
-    as a kernel pushed before Kaggle serves the new version would."""
-    armed: list[str] = []
-    real_mounts = emulator.datasets.mounts
-
-    def mounts(refs: list[str]) -> dict[str, Path]:
-        if refs and armed == ["armed"]:
-            armed.append("used")
-            return {}
-        return real_mounts(refs)
-
-    monkeypatch.setattr(emulator.datasets, "mounts", mounts)
-    return armed
 
 
 def test_kr_chain_killed_at_random_points_resumes_without_duplicates_or_losses(

@@ -160,3 +160,23 @@ def test_in_band_error_on_create_version(kaggle_api: Any, kaggle_emulator: Any, 
 
     assert refused.status == "error" and refused.error == "Incompatible Dataset Type"
     assert json.loads(kaggle_api.dataset_status(REF, format="json"))["current_version_number"] == 1
+
+
+
+def test_stale_mount_fault_shows_the_version_before_the_newest_ready_one(
+    kaggle_api: Any, kaggle_emulator: Any, tmp_path: Path
+) -> None:
+    kaggle_api.dataset_create_new(str(write_dataset(tmp_path / "d1", {"a.txt": b"one"})), quiet=True)
+    wait_ready(kaggle_api)
+    kaggle_api.dataset_create_version(str(write_dataset(tmp_path / "d2", {"a.txt": b"two"})), "v2", quiet=True)
+    wait_ready(kaggle_api)
+    store = kaggle_emulator.datasets
+
+    def mounted() -> str | None:
+        folder = store.mounts([REF]).get(REF)
+        return None if folder is None else (folder / "a.txt").read_text()
+
+    assert mounted() == "two"
+    store.serve_stale_mounts(2)
+    assert [mounted(), mounted(), mounted()] == ["one", "one", "two"]
+    assert store.mounts([]) == {}  # a kernel without dataset sources does not use up the fault

@@ -41,6 +41,8 @@ Faults (``emulator.faults``, see ``faults.py``), each for ``times`` calls:
 - ``stale_status_after_push(kernel, times)``, ``kernel_errors(kernel, message)``,
   ``kernel_time_limit(kernel, seconds)``, ``dataset_stuck(dataset)``; exhaust the quota with
   ``emulator.kernels.quota.gpu_used_s = emulator.kernels.quota.gpu_allowed_s``.
+- ``emulator.datasets.serve_stale_mounts(times)``: the next kernels see the version before the newest ready
+  one (or none): a kernel pushed before Kaggle serves a new dataset version.
 
 ``emulator.calls`` records ``(call name, HTTP status)`` of every answered call (0: dropped).
 """

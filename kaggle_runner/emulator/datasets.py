@@ -125,6 +125,13 @@ class DatasetStore:
         self.blobs = blobs
         self._datasets: dict[str, Dataset] = {}
         self._lock = threading.RLock()
+        self._stale_mounts = 0  # fault: kernels still to be shown the version before the newest ready one
+
+    def serve_stale_mounts(self, times: int = 1) -> None:
+        """Fault: the next ``times`` kernels that mount datasets see, for each, the version before the newest
+        ready one (nothing, if there is none): a kernel pushed before Kaggle serves a new version."""
+        with self._lock:
+            self._stale_mounts += times
 
     def find(self, owner: str, slug: str) -> Dataset:
         with self._lock:
@@ -266,6 +273,8 @@ class DatasetStore:
         """What a starting kernel sees: per source, the pinned version or else the newest *ready* one."""
         mounted: dict[str, Path] = {}
         with self._lock:
+            stale = bool(refs) and self._stale_mounts > 0
+            self._stale_mounts -= stale
             for ref in refs:
                 owner, slug, *pin = ref.split("/")
                 dataset = self._datasets.get(f"{owner}/{slug}")
@@ -276,6 +285,8 @@ class DatasetStore:
                     for v in dataset.versions
                     if self._ready(dataset, v) and (not pin or str(v.number) == pin[0])
                 ]
+                if stale:
+                    ready = ready[:-1]
                 if ready:
                     mounted[dataset.ref] = ready[-1].folder
         return mounted
