@@ -161,6 +161,42 @@ def find_record(query: str | None = None) -> RunRecord:
     raise UsageError(f"{query!r} matches {len(matches)} runs ({shown})", hint="give more of the run id")
 
 
+def state_folder(target: str | None) -> tuple[Path, str]:
+    """The folder under ``$KR_HOME/runs`` holding the named (or newest) chain or run: exact id, unique prefix,
+    or the one with the newest activity when ``target`` is None."""
+    root = runs_dir()
+    candidates = _state_entries(root)
+    if target is None:
+        if not candidates:
+            raise UsageError(
+                "no runs or chains yet", hint="pass a folder or a training.log, or start one: kr chain"
+            )
+        newest = max(candidates, key=lambda folder: _activity_time(folder))
+        return newest, newest.name
+    exact = [folder for folder in candidates if folder.name == target]
+    matches = exact or [folder for folder in candidates if folder.name.startswith(target)]
+    if len(matches) == 1:
+        return matches[0], matches[0].name
+    if not matches:
+        raise UsageError(
+            f"{target!r} is neither a file, a folder, nor a run or chain under {root}",
+            hint="`kr status` lists runs and chains",
+        )
+    shown = ", ".join(sorted(folder.name for folder in matches)[:5])
+    raise UsageError(f"{target!r} matches {len(matches)} runs/chains ({shown})", hint="give more of the id")
+
+
+def _state_entries(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return [d for d in root.iterdir() if (d / "chain.json").is_file() or (d / "record.json").is_file()]
+
+
+def _activity_time(folder: Path) -> float:
+    marker = folder / "chain.json" if (folder / "chain.json").is_file() else folder / "record.json"
+    return marker.stat().st_mtime
+
+
 # ----------------------------------------------------------------------------------------- launching
 
 

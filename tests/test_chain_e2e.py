@@ -284,3 +284,13 @@ def test_local_backend_chain_through_the_cli_equals_one_run(reference: Path, tmp
     )
     (summary,) = [c for c in json.loads(status.stdout)["chains"] if c["chain"] == chain_id]
     assert summary["state"] == "succeeded" and summary["sessions_done"] == 2 and summary["epoch"] == 2
+    # `kr logs` (and `kr logs -f` on an ended session) prints the chain's newest kernel log: session 2's.
+    for extra in ([], ["-f"]):
+        logs = subprocess.run(
+            [sys.executable, "-m", "kaggle_runner.cli", "logs", chain_id[:16], *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert logs.returncode == 0, logs.stderr
+        assert f"chain {chain_id} session 2" in logs.stdout and "trainer exited with code 0" in logs.stdout

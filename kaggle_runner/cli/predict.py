@@ -100,7 +100,7 @@ def _load_predictor() -> tuple[Predictor, tuple[type[Exception], ...]]:
 
 def newest_tarball(target: str | None) -> Path:
     """The newest ``checkpoints.tar.gz`` of a run (its ``output/``) or a chain (its last session that has one)."""
-    from kaggle_runner.plot import state_folder
+    from kaggle_runner.runs import state_folder
 
     folder = Path(target).expanduser() if target is not None and Path(target).expanduser().is_dir() else None
     if folder is None:
