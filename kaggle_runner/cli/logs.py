@@ -43,8 +43,8 @@ def kernel_of(target: str | None) -> tuple[Backend, str, int]:
         return get_backend(record.backend), record.ref, record.version
     from kaggle_runner import chain
 
-    record = chain.load_chain(name)
-    versions = [a.version for s in record.sessions for a in s.attempts if a.version is not None]
+    chained = chain.load_chain(name)
+    versions = [a.version for s in chained.sessions for a in s.attempts if a.version is not None]
     if not versions:
         raise UsageError(f"chain {name} has not pushed a kernel yet", hint=f"kr status {name}")
-    return get_backend(record.spec.backend), record.spec.kernel_ref, versions[-1]
+    return get_backend(chained.spec.backend), chained.spec.kernel_ref, versions[-1]
