@@ -225,18 +225,7 @@ def read_status(root: Path) -> SandboxStatus:
     status = _load_status(root)
     if status.is_terminal:
         return status
-    died = SandboxStatus(
-        state=ERROR,
-        pid=pid,
-        script_pid=status.script_pid,
-        started=status.started,
-        ended=time.time(),
-        failure_message="the sandbox supervisor died before the script finished",
-    )
-    _write_status(root, died)
-    if status.script_pid:
-        _signal_group(status.script_pid, signal.SIGKILL)
-    return died
+    return _end_as_error(root, status, pid, "the sandbox supervisor died before the script finished")
 
 
 def _load_status(root: Path) -> SandboxStatus:
@@ -301,18 +290,23 @@ def kill(root: Path, *, wait_s: float = DEFAULT_GRACE_S + 5.0) -> SandboxStatus:
         time.sleep(_POLL_S)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    if status.script_pid:
-        _signal_group(status.script_pid, signal.SIGKILL)
-    killed = SandboxStatus(
+    return _end_as_error(root, status, pid, "killed")
+
+
+def _end_as_error(root: Path, status: SandboxStatus, pid: int, message: str) -> SandboxStatus:
+    """Record a sandbox whose supervisor is gone as failed, and make sure its script is gone too."""
+    ended = SandboxStatus(
         state=ERROR,
         pid=pid,
         script_pid=status.script_pid,
         started=status.started,
         ended=time.time(),
-        failure_message="killed",
+        failure_message=message,
     )
-    _write_status(root, killed)
-    return killed
+    _write_status(root, ended)
+    if status.script_pid:
+        _signal_group(status.script_pid, signal.SIGKILL)
+    return ended
 
 
 def _signal_group(pgid: int, sig: int) -> None:
