@@ -16,6 +16,7 @@ from kaggle_runner.backends.retry import RetryPolicy, call_with_retry, retry_aft
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR
 from kaggle_runner.errors import ApiError, UsageError
 from kaggle_runner.runs import OUTPUT_PATTERN
+from tests.backend_support import wait_terminal
 
 FAST_RETRY = RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05, deadline_s=10.0)
 SLUG = "demo-kernel"
@@ -50,16 +51,6 @@ def kernel_folder(
         metadata["machine_shape"] = "NvidiaTeslaT4"
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata))
     return folder
-
-
-def wait_terminal(backend: KaggleBackend, ref: str, version: int, timeout_s: float = 30.0) -> KernelState:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = backend.status(ref, version).state
-        if state.is_terminal:
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"{ref} v{version} did not finish in {timeout_s}s")
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from kaggle_runner.backends.base import KernelState, PushRefused, PushRequest
 from kaggle_runner.backends.local import QUOTA_ENV_VAR, LocalBackend
 from kaggle_runner.errors import UsageError
 from kaggle_runner.runs import OUTPUT_PATTERN, state_dir
+from tests.backend_support import wait_terminal
 
 # A kernel script that behaves like the real one at its edges: reads its input, prints, leaves outputs.
 SCRIPT = """
@@ -46,16 +47,6 @@ def kernel_folder(
     }
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata))
     return folder
-
-
-def wait_terminal(backend: LocalBackend, ref: str, version: int, timeout_s: float = 30.0) -> KernelState:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = backend.status(ref, version).state
-        if state.is_terminal:
-            return state
-        time.sleep(0.1)
-    raise AssertionError(f"{ref} v{version} did not finish in {timeout_s}s")
 
 
 def publish(backend: LocalBackend, tmp_path: Path, ref: str, text: str) -> None:
