@@ -5,9 +5,14 @@ A checkpoint is a plain dict of tensors and primitives (``torch.load(weights_onl
 
     checkpoints/last.pth.tar                                     newest resumable state
     checkpoints/checkpoint_{hf|local}_{data_name}_epoch{N}.pth.tar  newest ``keep`` epochs
-    checkpoints/BEST_checkpoint_{hf|local}_{data_name}.pth.tar
+    checkpoints/BEST_checkpoint_{hf|local}_{data_name}.pth.tar   weights only (see weights_only)
     checkpoints/MANIFEST.json   {"files": {file name: sha256}, "epoch", "step", "format_version"}
     checkpoints.tar.gz, checkpoints_{YYYYmmdd-HHMMSS}.tar.gz      last + BEST + their own MANIFEST.json
+
+``last`` and the epoch files are full training states (exact resume). BEST_ is weights only: what inference,
+evaluation and a restart from the best weights need, without the optimizer, scaler, RNG states or loss window,
+so it is about a third of a full state and each chain link moves a third less data. BEST_ files written before
+that change are full states and still load.
 
 Every file is written to a temp file and renamed. The manifest lets a reader tell a corrupt file from a good
 one (a truncated zip fails to load; flipped bytes only show in the hash).
@@ -43,7 +48,11 @@ TARBALL_PREFIX = "checkpoints_"
 # Stored deflate blocks: still a gzip file (tar -tzf, tarfile "r:gz"), but float weights shrink only ~7 % at
 # level 1, which cost 34 s per pack of the base model on a Kaggle-class CPU against under 1 s stored.
 GZIP_LEVEL = 0
-REQUIRED_KEYS = ("format_version", "model", "model_config", "optimizer", "progress", "rng", "vocab", "schedule")
+# Every checkpoint has these; a full (resumable) state also has TRAINING_KEYS.
+REQUIRED_KEYS = ("format_version", "model", "model_config", "progress", "vocab", "schedule")
+TRAINING_KEYS = ("optimizer", "rng")
+# What only an exact resume needs; weights_only drops them (the optimizer's AdamW moments are 2/3 of a state).
+RESUME_ONLY_KEYS = ("optimizer", "scaler", "rng", "rng_by_rank", "loss_window")
 _EPOCH_RE = re.compile(r"^checkpoint_(hf|local)_(.+)_epoch(\d+)\.pth\.tar$")
 _TIMESTAMPED_RE = re.compile(r"^checkpoints_\d{8}-\d{6}\.tar\.gz$")
 _MEMBER_RE = re.compile(r"^checkpoints/([A-Za-z0-9_.\-]+)$")
@@ -106,6 +115,16 @@ def serialize(state: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     torch.save(state, buffer)
     return buffer.getvalue()
+
+
+def weights_only(state: dict[str, Any]) -> dict[str, Any]:
+    """The BEST_ form of a full state: the same dict without what only an exact resume needs."""
+    return {key: value for key, value in state.items() if key not in RESUME_ONLY_KEYS}
+
+
+def is_weights_only(state: dict[str, Any]) -> bool:
+    """True for a BEST_ written as weights only (no optimizer or RNG states: not an exact resume)."""
+    return any(key not in state for key in TRAINING_KEYS)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -308,40 +327,72 @@ def resolve_checkpoint(spec: str, out_dir: Path, scratch: Path) -> Resumed | Non
 
 
 def load_candidate(path: Path, scratch: Path) -> Resumed:
+    """A checkpoint file, a checkpoints tarball, or a folder (an out_dir or its checkpoints folder)."""
+    if path.is_dir():
+        folder = path / CHECKPOINT_DIR if (path / CHECKPOINT_DIR).is_dir() else path
+        return load_from_folder(folder, origin=path)
     if path.name.endswith(".tar.gz"):
         folder = extract_tarball(path, Path(tempfile.mkdtemp(prefix="resume-", dir=scratch)))
-        inner = folder / LAST_NAME
-        if not inner.is_file():  # a tarball of a run that saved only BEST
-            inner = next(iter(sorted(folder.glob("BEST_*.pth.tar"))), inner)
-        return Resumed(state=load_checkpoint(inner), path=inner, origin=path, folder=folder)
+        return load_from_folder(folder, origin=path)
     return Resumed(state=load_checkpoint(path), path=path, origin=path, folder=path.parent)
+
+
+def best_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.glob("BEST_checkpoint_*.pth.tar") if path.is_file())
+
+
+def load_from_folder(folder: Path, origin: Path) -> Resumed:
+    """last.pth.tar when it loads, else the BEST_ file (a weights-only BEST_ restarts from the best weights;
+    the caller tells the two apart with is_weights_only)."""
+    files = ([folder / LAST_NAME] if (folder / LAST_NAME).is_file() else []) + best_files(folder)
+    if not files:
+        raise CheckpointError(f"{origin} holds no {LAST_NAME} and no BEST_ checkpoint: pass a checkpoint file, "
+                              "a checkpoints tarball or --checkpoint latest")
+    skipped: list[str] = []
+    for inner in files:
+        try:
+            state = load_checkpoint(inner)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        return Resumed(state=state, path=inner, origin=origin, folder=folder, skipped=skipped)
+    raise CheckpointError(skipped[0])
 
 
 def latest_candidates(out_dir: Path) -> list[Path]:
     """Where the newest state can be, best first: last.pth.tar (refreshed at every save), then the tarballs
     and epoch checkpoints by modification time (a pack follows every save, so a tarball usually holds the
-    state that a damaged last.pth.tar held)."""
+    state that a damaged last.pth.tar held), then the BEST_ file (weights only: the last resort)."""
     ckpt_dir = out_dir / CHECKPOINT_DIR
     first = [ckpt_dir / LAST_NAME] if (ckpt_dir / LAST_NAME).is_file() else []
     others = [p for p in [out_dir / TARBALL_NAME, *timestamped_tarballs(out_dir)] if p.is_file()]
     others += [path for _, path in epoch_files(ckpt_dir)]
     others.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-    return first + others
+    return first + others + best_files(ckpt_dir)
 
 
 def find_latest(out_dir: Path, scratch: Path) -> Resumed | None:
-    """The newest candidate that loads and verifies. None when there is no candidate at all; CheckpointError
-    when every candidate is damaged (starting fresh would overwrite them)."""
+    """The newest candidate that loads and verifies, a full state before any weights-only BEST_ (that one
+    loses the optimizer: only when no full state is usable). None when there is no candidate at all;
+    CheckpointError when every candidate is damaged (starting fresh would overwrite them)."""
     candidates = latest_candidates(out_dir)
     skipped: list[str] = []
+    fallback: Resumed | None = None
     for path in candidates:
         try:
             resumed = load_candidate(path, scratch)
         except CheckpointError as exc:
             skipped.append(str(exc))
             continue
+        skipped += resumed.skipped
+        if is_weights_only(resumed.state):
+            fallback = fallback or resumed
+            continue
         resumed.skipped = skipped
         return resumed
+    if fallback is not None:
+        fallback.skipped = skipped
+        return fallback
     if candidates:
         raise CheckpointError(f"no usable checkpoint in {out_dir}: all {len(candidates)} are damaged "
                               f"(first: {skipped[0]}); move them away to start fresh")

@@ -185,16 +185,26 @@ class Trainer:
         return resumed
 
     def _warn_if_best(self, resumed: ckpt.Resumed) -> None:
-        if not ckpt.is_best_name(resumed.path.name):
+        weights_only = ckpt.is_weights_only(resumed.state)
+        if not weights_only and not ckpt.is_best_name(resumed.path.name):
             return
         progress = resumed.state["progress"]
+        where = f"epoch {progress['epoch']}, step {progress['global_step']}"
         sibling = resumed.folder / ckpt.LAST_NAME
         from_tarball = resumed.origin.name.endswith(".tar.gz")
-        hint = f"--checkpoint {sibling}" if sibling.is_file() and not from_tarball else "--checkpoint latest"
-        self.log.warning(
-            f"resuming from {resumed.path.name} (epoch {progress['epoch']}, step {progress['global_step']}) "
-            f"throws away the training after the best epoch; {hint} ({ckpt.LAST_NAME}) resumes the latest state"
-        )
+        if resumed.skipped:
+            hint = f"no intact {ckpt.LAST_NAME} or other full state was found (skipped above)"
+        elif sibling.is_file() and not from_tarball:
+            hint = f"--checkpoint {sibling} ({ckpt.LAST_NAME}) resumes the latest state exactly"
+        else:
+            hint = f"--checkpoint latest ({ckpt.LAST_NAME}) resumes the latest state exactly"
+        if weights_only:
+            consequence = (f": weights only, so the optimizer and scaler start fresh while the schedule and epoch "
+                           f"count continue from step {progress['global_step']}; the training after the best epoch "
+                           "is thrown away")
+        else:
+            consequence = " throws away the training after the best epoch"
+        self.log.warning(f"resuming from {resumed.path.name} ({where}){consequence}; {hint}")
 
     def _adopt_identity(self, state: dict[str, Any]) -> None:
         saved = state.get("train_config", {})
@@ -288,9 +298,14 @@ class Trainer:
         return {"base_lr": self.cfg.resolved_lr, "warmup_steps": warmup, "total_steps": total}
 
     def _restore(self, state: dict[str, Any]) -> None:
+        """A full state resumes exactly. A weights-only BEST_ restarts from its weights with the fresh optimizer
+        and scaler built above, the RNGs as seeded, and its progress (saved at an epoch end: the next epoch's
+        data order and the schedule continue from its step)."""
+        weights_only = ckpt.is_weights_only(state)
         try:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if not weights_only:
+                self.optimizer.load_state_dict(state["optimizer"])
             if state.get("scaler") and self.use_amp:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
@@ -301,6 +316,9 @@ class Trainer:
         self.best = state.get("best")
         self.last_val = state.get("last_val")
         self.last_train_loss = state.get("train_loss")
+        if weights_only:
+            self.dirty = True  # last.pth.tar, if any, holds another state
+            return
         ckpt.restore_rng(self._own_rng(state))
         self.dirty = not (self.ckpt_dir / ckpt.LAST_NAME).exists() or not (self.out_dir / ckpt.TARBALL_NAME).exists()
 
@@ -496,7 +514,8 @@ class Trainer:
             self.dirty = False
             self.last_save_time = time.time()
             return
-        data = ckpt.serialize(self._state(rng_by_rank))
+        state = self._state(rng_by_rank)
+        data = ckpt.serialize(state)
         digest = ckpt.sha256_bytes(data)
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         hashes = dict(ckpt.read_manifest(self.ckpt_dir)["files"])
@@ -514,8 +533,7 @@ class Trainer:
         written.append(("last", ckpt.LAST_NAME))
         best = self.ckpt_dir / ckpt.best_file_name(self.tag, self.cfg.data_name)
         if best_file:
-            ckpt.link_or_copy(last, best)
-            hashes[best.name] = digest
+            hashes[best.name] = self._write_best(best, state)
             written.append(("best", best.name))
         self._write_manifest(hashes)
         members = {last: digest} | ({best: hashes[best.name]} if best.name in hashes else {})
@@ -530,6 +548,12 @@ class Trainer:
                         step=self.progress.global_step)
         log_metrics("tarball", path=tarball.name, epoch=self.progress.epoch, step=self.progress.global_step,
                     seconds=self.last_save_time - began)
+
+    def _write_best(self, best: Path, state: dict[str, Any]) -> str:
+        """BEST_ holds weights only (inference and a restart from them need no optimizer); returns its sha256."""
+        data = ckpt.serialize(ckpt.weights_only(state))
+        ckpt.write_checkpoint(self.ckpt_dir, best.name, data)
+        return ckpt.sha256_bytes(data)
 
     def _write_manifest(self, hashes: dict[str, str]) -> None:
         ckpt.prune_epoch_files(self.ckpt_dir, self.cfg.keep_epochs)
