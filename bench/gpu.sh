@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Training throughput on a CUDA machine, in under 5 minutes: one GPU with fp16 (the default model and the
 # batch size of a T4 session) against fp32, with and without each CUDA speed option (channels_last, cuDNN
-# autotuning; torch.compile with --with-compile), a kernel profile of fp16 and fp32 steps, and DDP with 2
-# processes when 2 GPUs are visible. Synthetic data is generated on the spot (small, cached in a
+# autotuning; torch.compile with --with-compile), and DDP with 2 processes when 2 GPUs are visible. Every
+# rate is given twice: steady (every batch shape met before) and cold (first meeting), with the extra time
+# a new image shape costs; fp16 and fp32 also get a profile of steps with new shapes and of their replay. Synthetic data is generated on the spot (small, cached in a
 # temp dir). Needs only torch, torchvision, numpy, pillow, matplotlib, pyarrow and editdistance.
 #
 #   bash bench/gpu.sh              # on a CUDA machine (add --with-compile to time torch.compile too)
@@ -43,8 +44,9 @@ run() {  # run NAME [extra flags...]
 run fp16 --profile 5
 run fp16_channels_last --channels_last
 if [[ "$SMOKE" == 0 ]]; then
-    # On an H200, fp16 ran 4x slower than fp32 (bench/README.md): the profiles and the cuDNN autotuning runs
-    # tell a bad convolution algorithm choice from overhead elsewhere.
+    # On an H200, fp16 ran 4x slower than fp32 over steps that mostly met new shapes (bench/README.md): the
+    # steady/cold split, the profiles and the cuDNN autotuning runs tell a per-shape set-up cost from a bad
+    # convolution algorithm choice.
     run fp32 --no-amp --profile 5
     run fp16_cudnn_benchmark --cudnn_benchmark
     run fp32_cudnn_benchmark --no-amp --cudnn_benchmark
@@ -74,6 +76,10 @@ summary = {"device": base["device"], "model_size": base["model_size"], "batch_si
 for name, r in runs.items():
     if "samples_per_s" in r and name != "fp16":
         summary[f"speedup_{name}"] = r["samples_per_s"] / base["samples_per_s"]
+    if "cold_samples_per_s" in r:
+        summary[f"{name}_steady_cold_samples_per_s"] = [r["samples_per_s"], r["cold_samples_per_s"]]
+        summary[f"{name}_extra_ms_new_image_shape"] = r["extra_ms_new_image_shape"]
+        summary[f"{name}_new_shapes_session_s"] = r["new_shapes_session_s"]
 compiled = runs.get("fp16_compile")
 if compiled:
     extra_s = compiled["warmup_steps_s"] - base["warmup_steps_s"]

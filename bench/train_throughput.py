@@ -4,7 +4,9 @@
         [--amp/--no-amp] [--compile] [--channels_last] [--workers N] [--steps 20] [--ddp] [--json PATH]
 
 Runs the real trainer code in this process (synthetic formulas, generated once and cached) and prints JSON
-and a one-line summary: samples/s and target tokens/s of a training step, the share of step time spent
+and a one-line summary: samples/s and target tokens/s of a training step in the steady state (the timed
+batches replayed, so every shape has been met once) and on first meeting (``cold_*``, with the extra time a
+step with a new image shape or a new target length costs), the share of step time spent
 waiting on data, the padding share of the image pixels, seconds from process start to the first training
 step (and its parts: data, model build, restore), checkpoint save and pack time, and an estimate of the
 start-up time on the `full` data set (76k train + 8.5k validation images) from the measured per-image
@@ -152,71 +154,157 @@ def synchronize(trainer: Any) -> None:
         torch.cuda.synchronize()
 
 
-def measure_steps(trainer: Any, warmup: int, steps: int) -> dict[str, float]:
-    """Step rate over ``steps`` steps after ``warmup``; data wait = time blocked on the loader."""
-    from trainer.data import Vocab
+def shape_of(batch: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """What a cuDNN/cuBLAS plan cache keys on for a training step: the image batch and the target batch."""
+    return tuple(batch.images.shape), tuple(batch.tgt_in.shape)
 
-    loader = trainer._loader()
-    wait = busy = 0.0
-    samples = tokens = done = 0
-    first_step_at = warmup_s = None
-    epoch = 0
-    while done < warmup + steps:
-        trainer.sampler.set_epoch(epoch, 0)
-        iterator = iter(loader)
-        while done < warmup + steps:
-            began = time.time()
-            batch = next(iterator, None)
-            if batch is None:
-                break
-            got = time.time()
-            if first_step_at is None:
-                first_step_at = got
-            trainer._train_step(batch)
-            synchronize(trainer)
-            ended = time.time()
-            done += 1
-            if done == warmup:
-                warmup_s = ended - first_step_at
-            if done > warmup:
-                wait += got - began
-                busy += ended - got
-                samples += len(batch)
-                tokens += int((batch.tgt_out != Vocab.PAD).sum())
+
+class StepTimer:
+    """Runs training steps one at a time (synchronized, so each step's time is its own) and sorts them by
+    whether the step's shapes were new to this process. A new image shape means new convolution plans (cuDNN
+    builds or looks one up per shape when not autotuning); a new target length only means new decoder shapes."""
+
+    def __init__(self, trainer: Any) -> None:
+        self.trainer = trainer
+        self.seen_images: set[tuple[int, ...]] = set()
+        self.seen_shapes: set[tuple[tuple[int, ...], tuple[int, ...]]] = set()
+
+    def run(self, epochs_and_counts: list[tuple[int, int]]) -> list[dict[str, Any]]:
+        """Per step: data wait, busy time, samples, target tokens and novelty, over the first ``count``
+        batches of each listed epoch (the sampler is a pure function of the epoch, so a list can be replayed)."""
+        steps = []
+        loader = self.trainer._loader()
+        for epoch, count in epochs_and_counts:
+            self.trainer.sampler.set_epoch(epoch, 0)
+            iterator = iter(loader)
+            for _ in range(count):
+                began = time.time()
+                batch = next(iterator, None)
+                if batch is None:
+                    break
+                got = time.time()
+                steps.append(self._step(batch, began, got))
+        return steps
+
+    def _step(self, batch: Any, began: float, got: float) -> dict[str, Any]:
+        from trainer.data import Vocab
+
+        shape = shape_of(batch)
+        images = shape[0]
+        novelty = "new_image_shape" if images not in self.seen_images else (
+            "new_target_length" if shape not in self.seen_shapes else "seen")
+        self.seen_images.add(images)
+        self.seen_shapes.add(shape)
+        self.trainer._train_step(batch)
+        synchronize(self.trainer)
+        return {"wait": got - began, "busy": time.time() - got, "samples": len(batch),
+                "tokens": int((batch.tgt_out != Vocab.PAD).sum()), "novelty": novelty, "got": got}
+
+
+def epoch_plan(trainer: Any, first_epoch: int, steps: int) -> list[tuple[int, int]]:
+    """Enough (epoch, batch count) pairs from ``first_epoch`` on to make ``steps`` steps."""
+    per_epoch = trainer.steps_per_epoch
+    plan, epoch = [], first_epoch
+    while steps > 0:
+        plan.append((epoch, min(steps, per_epoch)))
+        steps -= per_epoch
         epoch += 1
-    total = wait + busy
+    return plan
+
+
+def rates(steps: list[dict[str, Any]], world: int) -> dict[str, float]:
+    wait = sum(s["wait"] for s in steps)
+    total = wait + sum(s["busy"] for s in steps)
+    return {"samples_per_s": world * sum(s["samples"] for s in steps) / total,
+            "tokens_per_s": world * sum(s["tokens"] for s in steps) / total,
+            "step_ms": 1000 * total / len(steps), "data_wait_share": wait / total}
+
+
+def measure_steps(trainer: Any, warmup: int, steps: int) -> dict[str, Any]:
+    """Training-step rate, cold and warm. Warm-up steps come from a far epoch (allocator, cuBLAS handles,
+    workers); then the same ``steps`` batches run twice: the first pass meets many batch shapes for the first
+    time (as the first epoch of a session does), the replay meets none. The replay is the steady state a
+    12-hour session trains at; the difference, per new shape, is what each new shape costs once."""
+    timer = StepTimer(trainer)
     world = trainer.runtime.world_size
-    return {"samples_per_s": world * samples / total, "tokens_per_s": world * tokens / total,
-            "step_ms": 1000 * total / steps, "data_wait_share": wait / total,
-            "first_step_after_start_s": (first_step_at or 0.0) - PROCESS_START,
-            "warmup_steps_s": warmup_s or 0.0}
+    warm_up = timer.run(epoch_plan(trainer, 10_000, warmup)) if warmup else []
+    plan = epoch_plan(trainer, 0, steps)
+    cold = timer.run(plan)
+    warm = timer.run(plan)
+    first = (warm_up or cold)[0]
+    result: dict[str, Any] = rates(warm, world)
+    result |= {f"cold_{k}": v for k, v in rates(cold, world).items()}
+    result |= {"first_step_after_start_s": first["got"] - PROCESS_START,
+               "warmup_steps_s": sum(s["wait"] + s["busy"] for s in warm_up)}
+    result |= new_shape_costs(cold, warm)
+    return result
 
 
-def profile_steps(trainer: Any, steps: int, top: int = 10) -> list[dict[str, Any]]:
-    """The operators and kernels that take the most self time over ``steps`` training steps: on a GPU this is
-    what tells a slow kernel choice (e.g. an fp16 convolution algorithm) from launch overhead."""
+def new_shape_costs(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many cold steps met a new image shape or only a new target length, and the mean extra
+    milliseconds such a step took over its own replay."""
+    out: dict[str, Any] = {}
+    for novelty in ("new_image_shape", "new_target_length", "seen"):
+        pairs = [(c, w) for c, w in zip(cold, warm, strict=True) if c["novelty"] == novelty]
+        out[f"steps_{novelty}"] = len(pairs)
+        out[f"extra_ms_{novelty}"] = (1000 * sum(c["busy"] - w["busy"] for c, w in pairs) / len(pairs)
+                                      if pairs else None)
+    return out
+
+
+def distinct_batch_widths(trainer: Any, epoch: int = 0) -> int:
+    """Distinct padded image widths among one epoch's batches: the image shapes a session meets."""
+    import numpy as np
+
+    widths = np.asarray(trainer.train_split.widths)
+    return len({int(widths[batch].max()) for batch in trainer.sampler.epoch_batches(epoch)})
+
+
+def profile_steps(trainer: Any, steps: int, top: int = 8) -> dict[str, list[dict[str, Any]]]:
+    """Profiles ``steps`` training steps whose image shapes are certainly new (each batch widened with blank
+    columns to a width no batch has), then the same steps again: the ops that take the most CPU and GPU self
+    time in each. A per-shape cost shows as CPU time in the cold profile only (e.g. cuDNN building plans);
+    a slow kernel choice shows as GPU time in both."""
     from torch.profiler import ProfilerActivity, profile
 
-    cuda = trainer.runtime.is_cuda
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if trainer.runtime.is_cuda else [])
+    batches = widened_batches(trainer, steps)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for phase in ("cold", "warm"):
+        with profile(activities=activities) as prof:
+            for batch in batches:
+                trainer._train_step(batch)
+                synchronize(trainer)
+        averages = prof.key_averages()
+        out[f"{phase}_cpu"] = top_ops(averages, "self_cpu_time_total", len(batches), top)
+        if trainer.runtime.is_cuda:
+            out[f"{phase}_gpu"] = top_ops(averages, "self_device_time_total", len(batches), top)
+    return out
+
+
+def widened_batches(trainer: Any, count: int) -> list[Any]:
+    """``count`` batches padded on the right to widths beyond ``max_width`` (multiples of 16, so the CNN's
+    downsampling stays exact): shapes no training step has met. Padding columns are blank and masked."""
+    import torch.nn.functional as F
+
+    from trainer.data import Batch
+
     trainer.sampler.set_epoch(0, 0)
     iterator = iter(trainer._loader())
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            batch = next(iterator, None)
-            if batch is None:
-                break
-            trainer._train_step(batch)
-            synchronize(trainer)
+    batches = []
+    for index in range(count):
+        batch = next(iterator)
+        extra = trainer.spec.max_width + 16 * (index + 1) - batch.images.shape[-1]
+        batches.append(Batch(F.pad(batch.images, (0, extra)), batch.tgt_in, batch.tgt_out, batch.widths))
+    return batches
 
+
+def top_ops(averages: Any, attribute: str, steps: int, top: int) -> list[dict[str, Any]]:
     def self_us(event: Any) -> float:
-        if cuda:
-            return float(getattr(event, "self_device_time_total", 0) or getattr(event, "self_cuda_time_total", 0))
-        return float(event.self_cpu_time_total)
+        return float(getattr(event, attribute, 0) or 0)
 
-    events = sorted(prof.key_averages(), key=self_us, reverse=True)[:top]
-    return [{"name": e.key[:100], "self_ms_per_step": self_us(e) / 1000 / steps, "calls": e.count}
-            for e in events]
+    events = sorted(averages, key=self_us, reverse=True)[:top]
+    return [{"name": e.key[:100], "self_ms_per_step": self_us(e) / 1000 / steps, "calls": e.count} for e in events]
 
 
 def measure_save(trainer: Any) -> dict[str, float]:
@@ -249,6 +337,16 @@ def estimate_full_start(result: dict[str, Any]) -> float:
     return decode + fixed
 
 
+def new_shapes_session_s(result: dict[str, Any], trainer: Any) -> float:
+    """Upper bound of what meeting shapes for the first time costs a whole session: every possible padded
+    width once and every target length once, at the extra time measured per new shape."""
+    widths = trainer.spec.max_width // trainer.spec.width_multiple
+    lengths = trainer.cfg.max_target_len + 1
+    per_width = max(result.get("extra_ms_new_image_shape") or 0.0, 0.0)
+    per_length = max(result.get("extra_ms_new_target_length") or 0.0, 0.0)
+    return (widths * per_width + lengths * per_length) / 1000
+
+
 def run_single(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -267,7 +365,9 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     from trainer.data import padding_share
 
     result["padding_share"] = padding_share(trainer.sampler, trainer.train_split.widths, 0)
+    result["distinct_batch_widths"] = distinct_batch_widths(trainer)
     result |= measure_steps(trainer, a.warmup, a.steps)
+    result["new_shapes_session_s"] = new_shapes_session_s(result, trainer)
     if a.profile:
         result["top_kernels"] = profile_steps(trainer, a.profile)
     result |= measure_save(trainer)
@@ -300,8 +400,13 @@ def summary(r: dict[str, Any]) -> str:
         s, d = r["single"], r["ddp2"]
         return (f"ddp {s['device']}: 1 process {s['samples_per_s']:.1f} samples/s, 2 processes "
                 f"{d['samples_per_s']:.1f} samples/s, scaling {r['ddp_scaling']:.2f}x")
-    kernels = "".join(f" | {k['name'][:48]} {k['self_ms_per_step']:.1f} ms/step" for k in r.get("top_kernels", [])[:3])
-    return (f"{r['model_size']} b{r['batch_size']} {r['device']}: {r['samples_per_s']:.1f} samples/s "
+    profile = r.get("top_kernels", {})
+    kernels = "".join(f" | cold {k['name'][:40]} {k['self_ms_per_step']:.1f} ms/step"
+                      for k in profile.get("cold_cpu", [])[:2])
+    new_shape = r.get("extra_ms_new_image_shape")
+    cold = (f" (first pass {r['cold_samples_per_s']:.1f}: {r['steps_new_image_shape']} new image shapes"
+            + (f", +{new_shape:.0f} ms each" if new_shape is not None else "") + ")")
+    return (f"{r['model_size']} b{r['batch_size']} {r['device']}: {r['samples_per_s']:.1f} samples/s{cold} "
             f"{r['tokens_per_s']:.0f} tok/s, step {r['step_ms']:.0f} ms, data wait {100 * r['data_wait_share']:.1f}%, "
             f"padding {100 * r['padding_share']:.1f}%, first step {r['first_step_after_start_s']:.1f}s, "
             f"save {r['save_s']:.2f}s (pack {r['pack_s']:.2f}s), full-set start ~{r['full_start_estimate_s']:.0f}s{kernels}")

@@ -1,0 +1,59 @@
+"""The throughput benchmark's accounting: steady and cold rates, and the extra time per new shape."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "train_throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["train_throughput"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def step(busy: float, novelty: str, wait: float = 0.0, samples: int = 32, tokens: int = 320) -> dict:
+    return {"wait": wait, "busy": busy, "samples": samples, "tokens": tokens, "novelty": novelty, "got": 0.0}
+
+
+def test_new_shape_cost_is_each_cold_step_minus_its_own_replay(bench) -> None:
+    cold = [step(0.5, "new_image_shape"), step(0.3, "new_target_length"), step(0.1, "seen"),
+            step(0.7, "new_image_shape")]
+    warm = [step(0.1, "seen"), step(0.1, "seen"), step(0.1, "seen"), step(0.1, "seen")]
+    costs = bench.new_shape_costs(cold, warm)
+    assert costs["steps_new_image_shape"] == 2 and costs["extra_ms_new_image_shape"] == pytest.approx(500.0)
+    assert costs["steps_new_target_length"] == 1 and costs["extra_ms_new_target_length"] == pytest.approx(200.0)
+    assert costs["extra_ms_seen"] == pytest.approx(0.0)
+
+
+def test_a_kind_of_step_that_never_happened_has_no_cost(bench) -> None:
+    costs = bench.new_shape_costs([step(0.2, "seen")], [step(0.2, "seen")])
+    assert costs["steps_new_image_shape"] == 0 and costs["extra_ms_new_image_shape"] is None
+
+
+def test_rates_count_data_wait_in_the_step_time(bench) -> None:
+    r = bench.rates([step(0.3, "seen", wait=0.1), step(0.3, "seen", wait=0.1)], world=2)
+    assert r["samples_per_s"] == pytest.approx(2 * 64 / 0.8)
+    assert r["data_wait_share"] == pytest.approx(0.25) and r["step_ms"] == pytest.approx(400.0)
+
+
+def test_the_epoch_plan_spans_epochs_when_the_steps_outnumber_an_epoch(bench) -> None:
+    trainer = SimpleNamespace(steps_per_epoch=16)
+    assert bench.epoch_plan(trainer, 0, 40) == [(0, 16), (1, 16), (2, 8)]
+    assert bench.epoch_plan(trainer, 5, 3) == [(5, 3)]
+
+
+def test_session_bound_counts_every_width_and_every_target_length_once(bench) -> None:
+    trainer = SimpleNamespace(spec=SimpleNamespace(max_width=1024, width_multiple=16),
+                              cfg=SimpleNamespace(max_target_len=199))
+    result = {"extra_ms_new_image_shape": 300.0, "extra_ms_new_target_length": -5.0}
+    assert bench.new_shapes_session_s(result, trainer) == pytest.approx(64 * 0.3)
