@@ -71,30 +71,30 @@ def main() -> int:
     for _ in range(a.repeats):
         state = full_state(model, optimizer)
 
-        def save() -> None:
+        def write_last() -> None:
             data = ckpt.serialize(state)  # noqa: B023
             sizes["checkpoint_mb"] = len(data) / 1e6
             ckpt.write_checkpoint(folder, ckpt.LAST_NAME, data)
             digests[ckpt.LAST_NAME] = ckpt.sha256_bytes(data)
             ckpt.write_manifest(folder, {ckpt.LAST_NAME: digests[ckpt.LAST_NAME]}, 3, 9000)
 
-        def save_best() -> None:
+        def write_best() -> None:
             data = ckpt.serialize(ckpt.weights_only(state))  # noqa: B023
             sizes["best_mb"] = len(data) / 1e6
             ckpt.write_checkpoint(folder, BEST_NAME, data)
             digests[BEST_NAME] = ckpt.sha256_bytes(data)
 
-        save_s.append(timed(save))
-        best_s.append(timed(save_best))
+        save_s.append(timed(write_last))
+        best_s.append(timed(write_best))
         members = {folder / name: digest for name, digest in digests.items()}
         pack_s.append(timed(lambda: ckpt.pack(out, members, 3, 9000, keep_timestamped=3)))  # noqa: B023
 
-        def restore() -> None:
+        def read_last() -> None:
             state = ckpt.load_checkpoint(folder / ckpt.LAST_NAME)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
 
-        restore_s.append(timed(restore))
+        restore_s.append(timed(read_last))
     sizes["tarball_bytes"] = (out / ckpt.TARBALL_NAME).stat().st_size
     sizes["tarball_mb"] = sizes["tarball_bytes"] / 1e6
     save, save_best, pack, restore = min(save_s), min(best_s), min(pack_s), min(restore_s)
