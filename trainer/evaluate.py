@@ -26,7 +26,7 @@ from trainer.metrics import score_texts
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[1],
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint or a checkpoints tarball")
+    p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint (BEST_ or last), a checkpoints tarball or its folder")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data_dir", help="local parquet files DIR/{train,validation,test}*.parquet")
     source.add_argument("--data_name", choices=DATA_NAMES, help="a linxy/LaTeX_OCR configuration or synthetic")

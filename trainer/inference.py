@@ -64,7 +64,8 @@ class LoadedModel:
 
 
 def load_model(checkpoint: str | Path, scratch: Path, device: torch.device) -> LoadedModel:
-    """A model ready for inference from a checkpoint file or a checkpoints tarball."""
+    """A model ready for inference from a checkpoint file (a weights-only BEST_ is enough), a checkpoints
+    tarball or a checkpoints folder."""
     resumed = load_candidate(Path(checkpoint), scratch)
     state = resumed.state
     try:

@@ -63,7 +63,7 @@ def _preprocess_one(path: str | Path, loaded: LoadedModel):  # type: ignore[no-u
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(prog="python -m trainer.predict",
                            description="Print one LaTeX line per image, read by a trained checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint or a checkpoints tarball")
+    p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint (BEST_ or last), a checkpoints tarball or its folder")
     p.add_argument("--batch_size", type=int, default=16, help="images decoded together")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
