@@ -48,7 +48,7 @@ extra_args = ["--num_workers", "0", "--max_target_len", "24"]
 def run(sessions: int, root: Path) -> dict[str, Any]:
     os.environ["KR_HOME"] = str(root / "kr-home")
     os.environ.setdefault("KR_CACHE_DIR", str(root / "cache"))
-    from kaggle_runner import chain
+    from kaggle_runner import chain, chain_state
     from kaggle_runner.backends import get_backend
     from kaggle_runner.cli.chain import chain_timing
     from kaggle_runner.config import load_config
@@ -65,8 +65,8 @@ def run(sessions: int, root: Path) -> dict[str, Any]:
         render(request, folder)
         render_s.append(time.perf_counter() - started)
 
-    spec = chain.ChainSpec(
-        chain_id=chain.new_chain_id(),
+    spec = chain_state.ChainSpec(
+        chain_id=chain_state.new_chain_id(),
         backend="local",
         kernel_ref=f"{owner}/{config.kernel_slug}",
         dataset_ref=f"{owner}/{config.dataset_slug}",
@@ -76,10 +76,10 @@ def run(sessions: int, root: Path) -> dict[str, Any]:
     )
     started = time.perf_counter()
     record = chain.ChainRunner(
-        chain.create_chain(spec), backend, timed_render, timing=chain_timing("local")
+        chain_state.create_chain(spec), backend, timed_render, timing=chain_timing("local")
     ).run()
     wall = time.perf_counter() - started
-    if record.state is not chain.ChainState.SUCCEEDED:
+    if record.state is not chain_state.ChainState.SUCCEEDED:
         raise SystemExit(f"chain ended in {record.state.value}: {record.message}")
     own = [round(s.kr_seconds, 4) for s in record.sessions]
     return {
@@ -88,7 +88,7 @@ def run(sessions: int, root: Path) -> dict[str, Any]:
         "kr_seconds_per_link": own,
         "kr_seconds_per_link_median": round(statistics.median(own), 4),
         "render_seconds_per_link": [round(s, 4) for s in render_s],
-        "tarball_bytes": (chain.chain_dir(spec.chain_id) / f"session-{sessions}" / "checkpoints.tar.gz")
+        "tarball_bytes": (chain_state.chain_dir(spec.chain_id) / f"session-{sessions}" / "checkpoints.tar.gz")
         .stat()
         .st_size,
         "chain_wall_seconds": round(wall, 2),

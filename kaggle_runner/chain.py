@@ -5,7 +5,8 @@ The chain is an explicit state machine (``ChainState``) persisted atomically in
 (Ctrl-C, SIGKILL, reboot) and started again continues the same chain: it re-attaches to a running kernel,
 finds out whether an interrupted push went through (``latest_version`` against the version recorded before
 the push) instead of pushing a duplicate, and redoes an interrupted download or publish. The diagram is in
-``kaggle_runner/README.md``.
+``kaggle_runner/README.md``. The records and their storage are in ``chain_state.py``, the checks of a
+session's outputs in ``chain_outputs.py``, the ``kr status`` summaries in ``chain_summary.py``.
 
 Per session: check the quota -> render -> record intent -> push -> poll -> download + verify -> publish
 ``checkpoints.tar.gz``, ``training.log`` and ``kr-marker.json`` as a new dataset version -> wait until the
@@ -15,21 +16,13 @@ dataset is ready at a higher version -> next session, mounting it.
 from __future__ import annotations
 
 import dataclasses
-import enum
-import hashlib
-import json
 import os
-import re
-import secrets
 import shutil
-import tarfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kaggle_runner.backends.base import (
     Backend,
@@ -40,22 +33,36 @@ from kaggle_runner.backends.base import (
     PushRequest,
     Quota,
 )
-from kaggle_runner.errors import ApiError, KrError, UsageError
-from kaggle_runner.fsutil import atomic_write_json, read_json, sha256_file
+from kaggle_runner.chain_outputs import (
+    OUTPUT_PATTERN,
+    RUN_JSON,
+    TARBALL,
+    TRAINING_LOG,
+    OutputsInvalid,
+    VerifiedOutputs,
+    classify_failure,
+    log_excerpt,
+    read_run_json,
+    verify_outputs,
+)
+from kaggle_runner.chain_state import (
+    WAITING_STATES,
+    Attempt,
+    ChainRecord,
+    ChainSpec,
+    ChainState,
+    Clock,
+    FailureKind,
+    SessionRecord,
+    SystemClock,
+    chain_dir,
+    kr_home,
+    save_chain,
+)
+from kaggle_runner.errors import ApiError, KrError
 
 if TYPE_CHECKING:
     from kaggle_runner.config import KrConfig
-
-FORMAT_VERSION = 1
-
-# Outputs kr downloads from a finished session (architecture.md §3).
-OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
-TARBALL = "checkpoints.tar.gz"
-TRAINING_LOG = "training.log"
-RUN_JSON = "run.json"
-MARKER = "kr-marker.json"
-STALE_INPUT_TOKEN = "KR_STALE_INPUT"
-STALE_INPUT_EXIT_CODE = 3
 
 # Waiting on the kernel: Kaggle sessions last hours, polling faster only spends rate limit.
 POLL_INITIAL_S = 30.0
@@ -83,83 +90,14 @@ QUOTA_MARGIN_S = 300.0
 # A session killed at the time limit is retried with its budget multiplied by this, at most this often.
 TIME_LIMIT_BUDGET_FACTOR = 0.75
 MAX_TIME_LIMIT_RETRIES = 2
-# A kernel that ran this fraction of its timeout and ended in ERROR without run.json hit the time limit.
-TIME_LIMIT_FRACTION = 0.95
 # Pause before relaunching a kernel that failed, so that a crash loop does not burn the quota at once.
 RETRY_DELAY_S = 60.0
 # Downloads whose files do not verify are fetched again this often before the session counts as failed.
 DOWNLOAD_ATTEMPTS = 3
-LOG_EXCERPT_LINES = 25
+# chain.json keeps only this many of the latest transitions, so it stays small over a long chain.
 HISTORY_LIMIT = 500
 
 T = TypeVar("T")
-
-
-class ChainState(str, enum.Enum):
-    """Where a chain stands. Session-scoped states apply to ``ChainRecord.session``."""
-
-    NEW = "new"  # chain.json written, no session begun
-    CHECKING_QUOTA = "checking_quota"  # comparing the weekly GPU quota left with the session's budget
-    RENDERING = "rendering"  # writing the session's kernel folder
-    PUSHING = "pushing"  # intent + pre-push version recorded; the push may or may not have gone through
-    RUNNING = "running"  # the pushed version is known; polling it until it ends
-    DOWNLOADING = "downloading"  # the kernel completed; fetching and verifying its outputs
-    PUBLISHING = "publishing"  # outputs verified; uploading them as a new checkpoint dataset version
-    WAITING_DATASET = "waiting_dataset"  # uploaded; waiting for "ready" at a higher version number
-    WAITING_GPU_SLOT = "waiting_gpu_slot"  # push refused: the account's concurrent GPU sessions are in use
-    WAITING_QUOTA = "waiting_quota"  # weekly quota too low; waiting for its reset (--wait-for-quota)
-    WAITING_STALE_INPUT = "waiting_stale_input"  # the kernel mounted an older dataset version; relaunch soon
-    WAITING_RETRY = "waiting_retry"  # the kernel failed; pausing before the next attempt
-    SUCCEEDED = "succeeded"  # every session done (or --until-epoch reached); final model published
-    FAILED_KERNEL = "failed_kernel"  # the kernel kept failing: more than --max-retries errors
-    FAILED_TIME_LIMIT = "failed_time_limit"  # killed at the time limit even with shorter budgets
-    FAILED_QUOTA = "failed_quota"  # weekly GPU quota exhausted and not waiting for its reset
-    FAILED_DATASET = "failed_dataset"  # the checkpoint dataset stayed in processing past the timeout
-    FAILED_STALE_INPUT = "failed_stale_input"  # the kernel kept mounting an old dataset version
-    FAILED_REFUSED = "failed_refused"  # the backend refused the push for a reason waiting does not fix
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-    @property
-    def is_failed(self) -> bool:
-        return self in FAILED_STATES
-
-    @property
-    def is_waiting(self) -> bool:
-        return self in WAITING_STATES
-
-
-FAILED_STATES = frozenset(
-    {
-        ChainState.FAILED_KERNEL,
-        ChainState.FAILED_TIME_LIMIT,
-        ChainState.FAILED_QUOTA,
-        ChainState.FAILED_DATASET,
-        ChainState.FAILED_STALE_INPUT,
-        ChainState.FAILED_REFUSED,
-    }
-)
-TERMINAL_STATES = FAILED_STATES | {ChainState.SUCCEEDED}
-# States that sleep until ``ChainRecord.wait_until`` and then go back to CHECKING_QUOTA.
-WAITING_STATES = frozenset(
-    {
-        ChainState.WAITING_GPU_SLOT,
-        ChainState.WAITING_QUOTA,
-        ChainState.WAITING_STALE_INPUT,
-        ChainState.WAITING_RETRY,
-    }
-)
-
-
-class FailureKind(str, enum.Enum):
-    """Why a pushed kernel version did not complete; each kind has its own retry policy."""
-
-    KERNEL_ERROR = "kernel_error"  # user code failed: counts against --max-retries
-    TIME_LIMIT = "time_limit"  # killed at the session limit without outputs: retried with a shorter budget
-    STALE_INPUT = "stale_input"  # mounted an older checkpoint version: relaunched, not the user's fault
-    BAD_OUTPUTS = "bad_outputs"  # completed, but its outputs never verified: counts like a kernel error
 
 
 @dataclass(frozen=True)
@@ -189,353 +127,6 @@ class Timing:
             f.name: getattr(self, f.name) * factor for f in dataclasses.fields(self) if f.name.endswith("_s")
         }
         return dataclasses.replace(self, **durations)
-
-
-class Clock(Protocol):
-    def time(self) -> float: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """Wall-clock time: deadlines are persisted, so they must survive a restart of the process."""
-
-    def time(self) -> float:
-        return time.time()
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(max(0.0, seconds))
-
-
-# --------------------------------------------------------------------------------------------- records
-
-
-@dataclass
-class ChainSpec:
-    """What the chain was asked to do; fixed at creation except ``sessions`` (a rerun may extend it)."""
-
-    chain_id: str
-    backend: str
-    kernel_ref: str  # owner/slug of the kernel every session pushes a version of
-    dataset_ref: str  # owner/slug of the checkpoint dataset every session publishes a version of
-    sessions: int
-    session_budget_s: float
-    epochs_per_session: int | None = None
-    until_epoch: int | None = None
-    max_retries: int = 2
-    wait_for_quota: bool = False
-    accelerator: str | None = None
-    config_path: str | None = None
-
-
-@dataclass
-class Attempt:
-    """One push of a session's kernel (a session needs more than one when a kernel fails)."""
-
-    number: int
-    reason: str  # why it exists: "first", or the FailureKind / event that caused it
-    budget_s: float  # rendered into the kernel: the trainer stops in time for it
-    timeout_s: int  # sessionTimeoutSeconds at push: the backend's hard kill
-    pre_push_version: int | None = None
-    version: int | None = None
-    pushed_at: float | None = None
-    running_at: float | None = None
-    ended_at: float | None = None
-    kernel_state: str | None = None
-    outcome: str | None = None  # "complete" or a FailureKind value
-    failure_message: str | None = None
-    log_excerpt: str | None = None
-
-
-@dataclass
-class SessionRecord:
-    index: int  # 1-based
-    attempts: list[Attempt] = field(default_factory=list)
-    outputs: dict[str, str] = field(default_factory=dict)  # file name -> sha256
-    pre_publish_version: int | None = None
-    publish_started_at: float | None = None
-    dataset_version: int | None = None
-    epoch: int | None = None
-    step: int | None = None
-    stop_reason: str | None = None
-    best: dict[str, Any] | None = None
-    gpu_seconds: float = 0.0
-    kr_seconds: float = 0.0  # kr's own time, not spent waiting on the backend or sleeping
-    started_at: float | None = None
-    finished_at: float | None = None
-    error_retries: int = 0
-    time_limit_retries: int = 0
-    stale_relaunches: int = 0
-    gpu_wait_started_at: float | None = None
-
-    @property
-    def attempt(self) -> Attempt:
-        return self.attempts[-1]
-
-
-@dataclass
-class ChainRecord:
-    spec: ChainSpec
-    state: ChainState = ChainState.NEW
-    session: int = 0  # index of the current session, 0 before the first
-    sessions: list[SessionRecord] = field(default_factory=list)
-    wait_until: float | None = None
-    message: str | None = None  # why the chain stopped or waits, for people
-    halted: str | None = None  # the error that stopped the last ``kr chain`` process, if any
-    history: list[dict[str, Any]] = field(default_factory=list)
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    format_version: int = FORMAT_VERSION
-
-    @property
-    def current(self) -> SessionRecord:
-        return self.sessions[self.session - 1]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["state"] = self.state.value
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ChainRecord:
-        sessions = [
-            _build(SessionRecord, {**s, "attempts": [_build(Attempt, a) for a in s.get("attempts", [])]})
-            for s in data.get("sessions", [])
-        ]
-        record = _build(cls, {**data, "spec": _build(ChainSpec, data["spec"]), "sessions": sessions})
-        record.state = ChainState(data["state"])
-        return record
-
-
-def _build(kind: type[T], data: dict[str, Any]) -> T:
-    """A dataclass from a dict, ignoring keys a newer kr may have added."""
-    names = {f.name for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
-    return kind(**{k: v for k, v in data.items() if k in names})
-
-
-# --------------------------------------------------------------------------------------------- storage
-
-
-def kr_home() -> Path:
-    """kr's state directory: ``$KR_HOME`` or the platform's user data folder."""
-    env = os.environ.get("KR_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("kaggle-runner"))
-
-
-def chain_dir(chain_id: str, home: Path | None = None) -> Path:
-    return (home or kr_home()) / "runs" / chain_id
-
-
-def chain_file(chain_id: str, home: Path | None = None) -> Path:
-    return chain_dir(chain_id, home) / "chain.json"
-
-
-def save_chain(record: ChainRecord, home: Path | None = None) -> None:
-    atomic_write_json(chain_file(record.spec.chain_id, home), record.to_dict())
-
-
-def load_chain(chain_id: str, home: Path | None = None) -> ChainRecord:
-    path = chain_file(chain_id, home)
-    if not path.is_file():
-        raise UsageError(
-            f"no chain {chain_id!r} under {path.parent.parent}", hint="`kr status` lists the chains"
-        )
-    try:
-        return ChainRecord.from_dict(read_json(path))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KrError(f"{path} is not a chain state file kr can read ({exc})") from None
-
-
-def list_chains(home: Path | None = None) -> list[ChainRecord]:
-    """Every readable chain under ``runs/``, oldest first."""
-    runs = (home or kr_home()) / "runs"
-    records = []
-    for path in sorted(runs.glob("*/chain.json")) if runs.is_dir() else []:
-        try:
-            records.append(ChainRecord.from_dict(read_json(path)))
-        except (ValueError, KeyError, TypeError, OSError):
-            continue  # a foreign or damaged file must not hide the other chains
-    return sorted(records, key=lambda r: r.created_at)
-
-
-def new_chain_id(clock: Clock | None = None) -> str:
-    stamp = datetime.fromtimestamp((clock or SystemClock()).time(), tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"chain-{stamp}-{secrets.token_hex(2)}"
-
-
-def create_chain(spec: ChainSpec, home: Path | None = None, clock: Clock | None = None) -> ChainRecord:
-    now = (clock or SystemClock()).time()
-    if chain_file(spec.chain_id, home).exists():
-        raise UsageError(
-            f"chain {spec.chain_id!r} already exists", hint=f"`kr chain --chain {spec.chain_id}` continues it"
-        )
-    record = ChainRecord(spec=spec, created_at=now, updated_at=now)
-    save_chain(record, home)
-    return record
-
-
-def find_resumable(home: Path | None, *, backend: str, kernel_ref: str) -> ChainRecord | None:
-    """The newest unfinished chain driving this kernel on this backend: rerunning ``kr chain`` continues it."""
-    candidates = [
-        r
-        for r in list_chains(home)
-        if r.spec.backend == backend
-        and r.spec.kernel_ref == kernel_ref
-        and r.state is not ChainState.SUCCEEDED
-    ]
-    return candidates[-1] if candidates else None
-
-
-@contextmanager
-def chain_lock(chain_id: str, home: Path | None = None) -> Iterator[None]:
-    """Hold the chain's lock: two ``kr chain`` processes never drive the same chain. The OS frees it when
-    the holder dies, so a SIGKILL or a reboot never leaves it stuck."""
-    from filelock import FileLock, Timeout
-
-    path = chain_dir(chain_id, home) / "chain.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        raise KrError(
-            f"chain {chain_id} is already being driven by another kr chain process",
-            hint="wait for it, or stop it first; `kr status` shows where it stands",
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-def is_locked(chain_id: str, home: Path | None = None) -> bool:
-    """Whether a ``kr chain`` process is driving the chain right now."""
-    from filelock import FileLock, Timeout
-
-    path = chain_dir(chain_id, home) / "chain.lock"
-    if not path.exists():
-        return False
-    lock = FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except Timeout:
-        return True
-    lock.release()
-    return False
-
-
-# --------------------------------------------------------------------------------------------- outputs
-
-
-class OutputsInvalid(KrError):
-    """Downloaded outputs that do not verify."""
-
-
-@dataclass(frozen=True)
-class VerifiedOutputs:
-    sha256: dict[str, str]  # file name -> sha256
-    run: dict[str, Any]  # run.json
-
-
-def verify_outputs(folder: Path, *, chain_id: str, session: int) -> VerifiedOutputs:
-    """Check a session's downloaded outputs: the three files, run.json of *this* session with exit code 0,
-    and a tarball that reads and whose members match its MANIFEST."""
-    for name in (TARBALL, TRAINING_LOG, RUN_JSON):
-        if not (folder / name).is_file():
-            raise OutputsInvalid(f"{name} is missing from the outputs")
-    run = _read_run_json(folder / RUN_JSON)
-    if run.get("chain") not in (None, chain_id) or run.get("session") not in (None, session):
-        raise OutputsInvalid(f"run.json belongs to chain {run.get('chain')} session {run.get('session')}")
-    if run.get("exit_code") not in (None, 0):
-        raise OutputsInvalid(f"run.json says the trainer exited with {run.get('exit_code')}")
-    verify_tarball(folder / TARBALL)
-    sha = {name: sha256_file(folder / name) for name in (TARBALL, TRAINING_LOG, RUN_JSON)}
-    return VerifiedOutputs(sha256=sha, run=run)
-
-
-def _read_run_json(path: Path) -> dict[str, Any]:
-    try:
-        run = read_json(path)
-    except (ValueError, OSError) as exc:
-        raise OutputsInvalid(f"run.json does not parse ({exc})") from None
-    if not isinstance(run, dict):
-        raise OutputsInvalid("run.json is not an object")
-    return run
-
-
-def verify_tarball(path: Path) -> None:
-    """The tarball reads to the end, holds ``checkpoints/last.pth.tar`` and every file its MANIFEST lists
-    has the sha256 the MANIFEST says."""
-    digests: dict[str, str] = {}
-    manifest: dict[str, Any] | None = None
-    try:
-        with tarfile.open(path, "r:gz") as archive:
-            for member in archive:
-                if not member.isfile():
-                    continue
-                data = archive.extractfile(member)
-                assert data is not None  # a regular file always has data
-                if member.name.endswith("MANIFEST.json"):
-                    manifest = json.loads(data.read())
-                else:
-                    digests[member.name] = _sha256_stream(data)
-    except (tarfile.TarError, OSError, EOFError, ValueError) as exc:
-        raise OutputsInvalid(f"{path.name} does not read as a tar.gz ({exc})") from None
-    if "checkpoints/last.pth.tar" not in digests:
-        raise OutputsInvalid(f"{path.name} holds no checkpoints/last.pth.tar")
-    _check_manifest(manifest, digests, path.name)
-
-
-def _check_manifest(manifest: dict[str, Any] | None, digests: dict[str, str], tar_name: str) -> None:
-    if manifest is None:
-        return  # an older trainer wrote no manifest: readable is all we can check
-    by_base = {Path(name).name: sha for name, sha in digests.items()}
-    for name, expected in (manifest.get("files") or {}).items():
-        actual = digests.get(name) or by_base.get(Path(name).name)
-        if actual != expected:
-            raise OutputsInvalid(f"{tar_name}: {name} does not match its MANIFEST sha256")
-
-
-def _sha256_stream(handle: Any) -> str:
-    digest = hashlib.sha256()
-    for chunk in iter(lambda: handle.read(1 << 20), b""):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
-def classify_failure(
-    status: KernelStatus, log_text: str, run: dict[str, Any] | None, *, ran_s: float | None, timeout_s: float
-) -> FailureKind:
-    """Why a kernel version ended without completing. Pure, so every branch is tested directly."""
-    if STALE_INPUT_TOKEN in log_text or STALE_INPUT_TOKEN in (status.failure_message or ""):
-        return FailureKind.STALE_INPUT
-    if run is not None and run.get("exit_code") == STALE_INPUT_EXIT_CODE:
-        return FailureKind.STALE_INPUT
-    # A positive exit code is the trainer's own failure; a negative one is the signal of the kill.
-    exit_code = run.get("exit_code") if run is not None else None
-    trainer_crashed = isinstance(exit_code, int) and exit_code > 0
-    if not trainer_crashed and _looks_like_time_limit(status.failure_message, ran_s, timeout_s):
-        return FailureKind.TIME_LIMIT
-    return FailureKind.KERNEL_ERROR
-
-
-_TIME_LIMIT_WORDS = re.compile(
-    r"time ?limit|timeout|timed out|exceeded .*(time|hours|seconds)", re.IGNORECASE
-)
-
-
-def _looks_like_time_limit(message: str | None, ran_s: float | None, timeout_s: float) -> bool:
-    if message and _TIME_LIMIT_WORDS.search(message):
-        return True
-    return ran_s is not None and ran_s >= TIME_LIMIT_FRACTION * timeout_s
-
-
-def log_excerpt(text: str, lines: int = LOG_EXCERPT_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -1007,7 +598,7 @@ class ChainRunner:
         )
         found = [p for p in files or [] if p.name == RUN_JSON]
         try:
-            return _read_run_json(found[0]) if found else None
+            return read_run_json(found[0]) if found else None
         except OutputsInvalid:
             return None
 
@@ -1024,57 +615,70 @@ class ChainRunner:
 
     def _retry_after(self, kind: FailureKind, failure: str | None) -> None:
         """The failure policy: each kind of failure has its own counter, limit and next state."""
-        session, attempt = self.record.current, self.record.current.attempt
-        detail = failure or kind.value
         if kind is FailureKind.STALE_INPUT:
-            if session.stale_relaunches >= self.timing.max_stale_relaunches:
-                self._transition(
-                    ChainState.FAILED_STALE_INPUT,
-                    kind.value,
-                    message=f"the kernel kept mounting an older version of {self.spec.dataset_ref}",
-                )
-                return
-            session.stale_relaunches += 1
-            self._next_attempt(
-                kind,
-                attempt.budget_s,
-                ChainState.WAITING_STALE_INPUT,
-                self.timing.stale_input_wait_s,
-                "the kernel mounted an older checkpoint version; relaunching",
-            )
+            self._relaunch_stale_input()
         elif kind is FailureKind.TIME_LIMIT:
-            if session.time_limit_retries >= self.timing.max_time_limit_retries:
-                self._transition(
-                    ChainState.FAILED_TIME_LIMIT,
-                    kind.value,
-                    message=f"killed at the time limit {session.time_limit_retries + 1} times without outputs",
-                )
-                return
-            session.time_limit_retries += 1
-            budget = attempt.budget_s * TIME_LIMIT_BUDGET_FACTOR
-            self._next_attempt(
-                kind,
-                budget,
-                ChainState.WAITING_RETRY,
-                0.0,
-                f"killed at the time limit; retrying with a {budget / 3600:.2f} h budget",
-            )
+            self._retry_shorter()
         else:
-            if session.error_retries >= self.spec.max_retries:
-                self._transition(
-                    ChainState.FAILED_KERNEL,
-                    kind.value,
-                    message=f"the kernel failed {session.error_retries + 1} times; last: {detail}",
-                )
-                return
-            session.error_retries += 1
-            self._next_attempt(
-                kind,
-                attempt.budget_s,
-                ChainState.WAITING_RETRY,
-                self.timing.retry_delay_s,
-                f"{detail}; retry {session.error_retries} of {self.spec.max_retries} from the last good checkpoint",
+            self._retry_error(kind, failure or kind.value)
+
+    def _relaunch_stale_input(self) -> None:
+        """Not the user's fault: relaunch with the same budget once Kaggle had time to serve the new version."""
+        session, kind = self.record.current, FailureKind.STALE_INPUT
+        if session.stale_relaunches >= self.timing.max_stale_relaunches:
+            self._transition(
+                ChainState.FAILED_STALE_INPUT,
+                kind.value,
+                message=f"the kernel kept mounting an older version of {self.spec.dataset_ref}",
             )
+            return
+        session.stale_relaunches += 1
+        self._next_attempt(
+            kind,
+            session.attempt.budget_s,
+            ChainState.WAITING_STALE_INPUT,
+            self.timing.stale_input_wait_s,
+            "the kernel mounted an older checkpoint version; relaunching",
+        )
+
+    def _retry_shorter(self) -> None:
+        """Killed at the time limit without a checkpoint: a shorter budget gives the trainer a wider margin."""
+        session, kind = self.record.current, FailureKind.TIME_LIMIT
+        if session.time_limit_retries >= self.timing.max_time_limit_retries:
+            self._transition(
+                ChainState.FAILED_TIME_LIMIT,
+                kind.value,
+                message=f"killed at the time limit {session.time_limit_retries + 1} times without outputs",
+            )
+            return
+        session.time_limit_retries += 1
+        budget = session.attempt.budget_s * TIME_LIMIT_BUDGET_FACTOR
+        self._next_attempt(
+            kind,
+            budget,
+            ChainState.WAITING_RETRY,
+            0.0,
+            f"killed at the time limit; retrying with a {budget / 3600:.2f} h budget",
+        )
+
+    def _retry_error(self, kind: FailureKind, detail: str) -> None:
+        """A kernel error or outputs that never verified: counts against ``--max-retries``."""
+        session = self.record.current
+        if session.error_retries >= self.spec.max_retries:
+            self._transition(
+                ChainState.FAILED_KERNEL,
+                kind.value,
+                message=f"the kernel failed {session.error_retries + 1} times; last: {detail}",
+            )
+            return
+        session.error_retries += 1
+        self._next_attempt(
+            kind,
+            session.attempt.budget_s,
+            ChainState.WAITING_RETRY,
+            self.timing.retry_delay_s,
+            f"{detail}; retry {session.error_retries} of {self.spec.max_retries} from the last good checkpoint",
+        )
 
     def _next_attempt(
         self, kind: FailureKind, budget_s: float, state: ChainState, wait_s: float, message: str
@@ -1297,78 +901,3 @@ def _is_permanent(exc: BaseException) -> bool:
 def _short(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     return text.splitlines()[0][:300]
-
-
-# --------------------------------------------------------------------------------------------- summaries
-
-
-def chain_summaries(home: Path | None = None) -> list[dict[str, Any]]:
-    """One dict per chain for ``kr status``: session k of N, state, epochs, best metrics, GPU hours spent,
-    retries and why, whether a ``kr chain`` process drives it now. Oldest first."""
-    return [summarize(record, home) for record in list_chains(home)]
-
-
-def summarize(record: ChainRecord, home: Path | None = None) -> dict[str, Any]:
-    done = [s for s in record.sessions if s.dataset_version is not None or s.finished_at is not None]
-    last = done[-1] if done else None
-    retries = [
-        {"session": s.index, "attempt": a.number, "why": a.reason}
-        for s in record.sessions
-        for a in s.attempts
-        if a.number > 1
-    ]
-    return {
-        "chain": record.spec.chain_id,
-        "backend": record.spec.backend,
-        "kernel": record.spec.kernel_ref,
-        "dataset": record.spec.dataset_ref,
-        "state": record.state.value,
-        "terminal": record.state.is_terminal,
-        "failed": record.state.is_failed,
-        "session": record.session,
-        "sessions": record.spec.sessions,
-        "sessions_done": len(done),
-        "epoch": last.epoch if last else None,
-        "step": last.step if last else None,
-        "best": _best_so_far(record),
-        "gpu_hours": round(sum(s.gpu_seconds for s in record.sessions) / 3600, 3),
-        "retries": retries,
-        "message": record.message,
-        "halted": record.halted,
-        "active": is_locked(record.spec.chain_id, home),
-        "updated_at": record.updated_at,
-        "folder": str(chain_dir(record.spec.chain_id, home)),
-    }
-
-
-def _best_so_far(record: ChainRecord) -> dict[str, Any] | None:
-    """The best validation metrics any session reported (the trainer's best is cumulative, so the latest
-    session that has one wins)."""
-    for session in reversed(record.sessions):
-        if session.best:
-            return session.best
-    return None
-
-
-CHAIN_TABLE_HEADERS = ["CHAIN", "BACKEND", "SESSION", "STATE", "EPOCH", "BEST", "GPU H", "RETRIES", "MESSAGE"]
-_BEST_SHOWN = ("bleu4", "exact_match", "edit_score")
-
-
-def chain_table_row(summary: dict[str, Any]) -> list[str]:
-    """One ``kr status`` table row of a ``chain_summaries()`` entry (headers: ``CHAIN_TABLE_HEADERS``)."""
-    best = summary.get("best") or {}
-    shown = " ".join(f"{k}={best[k]:.4g}" for k in _BEST_SHOWN if isinstance(best.get(k), (int, float)))
-    retries = summary.get("retries") or []
-    why = ", ".join(sorted({r["why"] for r in retries}))
-    state = summary["state"] + (" (running)" if summary.get("active") else "")
-    return [
-        str(summary["chain"]),
-        str(summary["backend"]),
-        f"{summary['session']}/{summary['sessions']}",
-        state,
-        "-" if summary.get("epoch") is None else str(summary["epoch"]),
-        shown or "-",
-        f"{summary.get('gpu_hours') or 0:.2f}",
-        f"{len(retries)} ({why})" if retries else "0",
-        str(summary.get("halted") or summary.get("message") or ""),
-    ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from kaggle_runner import chain
+from kaggle_runner import chain, chain_state
 from kaggle_runner.backends import get_backend
 from kaggle_runner.config import load_config
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR, Settings
@@ -105,13 +105,13 @@ def assert_matches_reference(session_dir: Path, reference: Path, epoch: int, tmp
     assert_same_tensors(final["optimizer"], expected["optimizer"], "optimizer")
 
 
-def new_chain(config_path: Path, sessions: int, **spec: Any) -> tuple[chain.ChainRecord, Any, Any]:
+def new_chain(config_path: Path, sessions: int, **spec: Any) -> tuple[chain_state.ChainRecord, Any, Any]:
     config = load_config(config_path)
     backend = get_backend(config.backend, config)
     owner = backend.username()
-    record = chain.create_chain(
-        chain.ChainSpec(
-            chain_id=chain.new_chain_id(),
+    record = chain_state.create_chain(
+        chain_state.ChainSpec(
+            chain_id=chain_state.new_chain_id(),
             backend=config.backend,
             kernel_ref=f"{owner}/{config.kernel_slug}",
             dataset_ref=f"{owner}/{config.dataset_slug}",
@@ -124,16 +124,18 @@ def new_chain(config_path: Path, sessions: int, **spec: Any) -> tuple[chain.Chai
     return record, backend, chain.config_renderer(config, owner)
 
 
-def drive(record: chain.ChainRecord, backend: Any, renderer: Any, notify: Any = None) -> chain.ChainRecord:
+def drive(
+    record: chain_state.ChainRecord, backend: Any, renderer: Any, notify: Any = None
+) -> chain_state.ChainRecord:
     runner = chain.ChainRunner(
         record, backend, renderer, timing=chain.Timing().scaled(TIME_SCALE), notify=notify, echo=print
     )
-    with chain.chain_lock(record.spec.chain_id):
+    with chain_state.chain_lock(record.spec.chain_id):
         return runner.run()
 
 
-def session_dir(record: chain.ChainRecord, k: int) -> Path:
-    return chain.chain_dir(record.spec.chain_id) / f"session-{k}"
+def session_dir(record: chain_state.ChainRecord, k: int) -> Path:
+    return chain_state.chain_dir(record.spec.chain_id) / f"session-{k}"
 
 
 # -------------------------------------------------------------------------------------------- emulator
@@ -151,7 +153,7 @@ def test_four_sessions_through_429_storms_and_a_503_upload_equal_one_run(
 
     record = drive(record, backend, renderer)
 
-    assert record.state is chain.ChainState.SUCCEEDED, record.message
+    assert record.state is chain_state.ChainState.SUCCEEDED, record.message
     assert kaggle_emulator.call_count("SaveKernel") == 4
     assert kaggle_emulator.call_count("BlobUpload", 503) == 1
     assert kaggle_emulator.call_count("GetKernelSessionStatus", 429) == 6
@@ -186,7 +188,7 @@ def test_kernel_error_timeout_kill_busy_gpu_slot_and_stale_mount_are_all_recover
     record, backend, renderer = new_chain(write_config(tmp_path / "project", "kaggle"), 2)
     record = drive(record, backend, renderer, notify=script_faults)
 
-    assert record.state is chain.ChainState.SUCCEEDED, record.message
+    assert record.state is chain_state.ChainState.SUCCEEDED, record.message
     first, second = record.sessions
     assert [a.outcome for a in first.attempts] == ["kernel_error", "time_limit", "complete"]
     assert first.attempts[2].budget_s == pytest.approx(900 * chain.TIME_LIMIT_BUDGET_FACTOR)
@@ -222,8 +224,8 @@ def test_kr_chain_killed_at_random_points_resumes_without_duplicates_or_losses(
     assert final.returncode == 0, final.stderr[-3000:]
 
     assert kills >= 3  # the chain really was interrupted
-    (record,) = chain.list_chains()
-    assert record.state is chain.ChainState.SUCCEEDED
+    (record,) = chain_state.list_chains()
+    assert record.state is chain_state.ChainState.SUCCEEDED
     assert kaggle_emulator.call_count("SaveKernel") == 3, "a killed kr chain pushed a duplicate"
     assert [s.epoch for s in record.sessions] == [1, 2, 3]
     assert [s.dataset_version for s in record.sessions] == [1, 2, 3]
@@ -273,8 +275,8 @@ def test_local_backend_chain_through_the_cli_equals_one_run(reference: Path, tmp
     assert done.returncode == 0, done.stderr[-3000:]
 
     chain_id = done.stdout.strip().splitlines()[-1]
-    record = chain.load_chain(chain_id)
-    assert record.state is chain.ChainState.SUCCEEDED and record.spec.backend == "local"
+    record = chain_state.load_chain(chain_id)
+    assert record.state is chain_state.ChainState.SUCCEEDED and record.spec.backend == "local"
     assert_matches_reference(session_dir(record, 2), reference, 2, tmp_path)
     status = subprocess.run(
         [sys.executable, "-m", "kaggle_runner.cli", "status", "--json"],

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from kaggle_runner import chain as chain_mod
+from kaggle_runner import chain_state, chain_summary
 from kaggle_runner.backends.base import (
     Backend,
     DatasetInfo,
@@ -29,25 +30,21 @@ from kaggle_runner.backends.base import (
     PushResult,
     Quota,
 )
-from kaggle_runner.chain import (
+from kaggle_runner.chain import ChainRunner, SessionRequest, Timing
+from kaggle_runner.chain_outputs import OutputsInvalid, classify_failure, verify_outputs
+from kaggle_runner.chain_state import (
     ChainRecord,
-    ChainRunner,
     ChainSpec,
     ChainState,
     FailureKind,
-    OutputsInvalid,
-    SessionRequest,
-    Timing,
     chain_lock,
-    chain_summaries,
-    classify_failure,
     create_chain,
     find_resumable,
     load_chain,
-    verify_outputs,
 )
+from kaggle_runner.chain_summary import chain_summaries
 from kaggle_runner.errors import ApiError, KrError
-from kaggle_runner.fsutil import atomic_write_json, read_json
+from kaggle_runner.fsutil import atomic_write_json, read_json, sha256_file
 
 
 class FakeClock:
@@ -381,9 +378,7 @@ def test_three_sessions_chain_their_checkpoints(tmp_path: Path) -> None:
         assert published["marker"]["session"] == k
     # The final model is in the last session's folder, verified, and in the dataset.
     last = h.home / "runs" / "chain-test" / "session-3"
-    assert (
-        chain_mod.sha256_file(last / "checkpoints.tar.gz") == record.sessions[2].outputs["checkpoints.tar.gz"]
-    )
+    assert sha256_file(last / "checkpoints.tar.gz") == record.sessions[2].outputs["checkpoints.tar.gz"]
     assert (
         h.backend.dataset_versions[-1]["files"]["checkpoints.tar.gz"]
         == (last / "checkpoints.tar.gz").read_bytes()
@@ -723,10 +718,10 @@ def test_a_crash_after_any_transition_resumes(tmp_path: Path) -> None:
 def test_two_processes_never_drive_the_same_chain(tmp_path: Path) -> None:
     home = tmp_path / "home"
     with chain_lock("chain-x", home):
-        assert chain_mod.is_locked("chain-x", home)
+        assert chain_state.is_locked("chain-x", home)
         with pytest.raises(KrError, match="already being driven"), chain_lock("chain-x", home):
             pass
-    assert not chain_mod.is_locked("chain-x", home)
+    assert not chain_state.is_locked("chain-x", home)
     with chain_lock("chain-x", home):
         pass
 
@@ -851,7 +846,7 @@ def test_chain_table_row_shows_progress_best_gpu_hours_and_retries(tmp_path: Pat
     h.backend.plans = [KernelPlan("error")]
     h.run()
     (summary,) = chain_summaries(h.home)
-    row = dict(zip(chain_mod.CHAIN_TABLE_HEADERS, chain_mod.chain_table_row(summary), strict=True))
+    row = dict(zip(chain_summary.CHAIN_TABLE_HEADERS, chain_summary.chain_table_row(summary), strict=True))
     assert row["SESSION"] == "2/2" and row["STATE"] == "succeeded" and row["EPOCH"] == "2"
     assert row["BEST"] == "bleu4=0.2" and row["RETRIES"] == "1 (kernel_error)"
     assert float(row["GPU H"]) > 0

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from kaggle_runner import chain, runs
+from kaggle_runner import chain_state, runs
 from kaggle_runner.cli import app
 from kaggle_runner.cli import status as status_cli
 
@@ -60,7 +60,7 @@ def run_json(*, best: dict[str, Any] | None, seconds: float = 7200.0) -> str:
 
 def record_chain(chain_id: str) -> None:
     """A chain at session 2 of 3, waiting for its dataset, with one retry behind it."""
-    spec = chain.ChainSpec(
+    spec = chain_state.ChainSpec(
         chain_id=chain_id,
         backend="kaggle",
         kernel_ref="me/kr-latex-ocr",
@@ -68,33 +68,36 @@ def record_chain(chain_id: str) -> None:
         sessions=3,
         session_budget_s=41400,
     )
-    first = chain.SessionRecord(
+    first = chain_state.SessionRecord(
         index=1,
-        attempts=[chain.Attempt(1, "first", 41400, 43200), chain.Attempt(2, "kernel_error", 41400, 43200)],
+        attempts=[
+            chain_state.Attempt(1, "first", 41400, 43200),
+            chain_state.Attempt(2, "kernel_error", 41400, 43200),
+        ],
         dataset_version=1,
         epoch=4,
         step=4000,
         best={"bleu4": 0.61, "exact_match": 0.25, "edit_score": 0.8},
         gpu_seconds=3 * 3600,
     )
-    second = chain.SessionRecord(
+    second = chain_state.SessionRecord(
         index=2,
-        attempts=[chain.Attempt(1, "first", 41400, 43200)],
+        attempts=[chain_state.Attempt(1, "first", 41400, 43200)],
         dataset_version=2,
         epoch=9,
         step=9000,
         best={"bleu4": 0.72, "exact_match": 0.375, "edit_score": 0.9},
         gpu_seconds=3600,
     )
-    record = chain.ChainRecord(
+    record = chain_state.ChainRecord(
         spec=spec,
-        state=chain.ChainState.WAITING_DATASET,
+        state=chain_state.ChainState.WAITING_DATASET,
         session=2,
         sessions=[first, second],
         created_at=1.0,
         updated_at=2.0,
     )
-    chain.save_chain(record)
+    chain_state.save_chain(record)
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """``kr chain --sessions N``: train across sessions, each resuming from the checkpoint the previous published.
 
 Run it again after any interruption (Ctrl-C, kill -9, reboot): it continues the same chain. The state
-machine, its failure policy and the state diagram are in ``kaggle_runner/chain.py`` and its README.
+machine, its failure policy and the state diagram are in ``kaggle_runner/chain.py`` and its README; the
+records it persists are in ``kaggle_runner/chain_state.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kaggle_runner import chain
+from kaggle_runner import chain, chain_state
+from kaggle_runner.chain_summary import summarize
 from kaggle_runner.cli._app import _Options, command, print_json, progress
 from kaggle_runner.errors import KrError, UsageError
 
@@ -70,7 +72,7 @@ def chain_command(
     if chain_id and new:
         raise UsageError("--chain and --new contradict each other", hint="use one of them")
     if chain_id and backend is None:
-        backend = chain.load_chain(chain_id).spec.backend  # a named chain keeps its backend
+        backend = chain_state.load_chain(chain_id).spec.backend  # a named chain keeps its backend
     config = _load(config_path, backend)
     target = _backend(config)
     from kaggle_runner.notify import Notifier
@@ -78,16 +80,16 @@ def chain_command(
     notifier = Notifier(command=notify_cmd, url=notify_url, warn=progress)
     record = _open_chain(config, target, chain_id=chain_id, new=new, sessions=sessions, until_epoch=until_epoch,
                          max_retries=max_retries, wait_for_quota=wait_for_quota)  # fmt: skip
-    with chain.chain_lock(record.spec.chain_id):
-        record = chain.load_chain(record.spec.chain_id)  # what the previous holder of the lock left
+    with chain_state.chain_lock(record.spec.chain_id):
+        record = chain_state.load_chain(record.spec.chain_id)  # what the previous holder of the lock left
         _apply_arguments(record, sessions, until_epoch, max_retries, wait_for_quota)
         record = _run_with_display(record, target, config, notifier, follow=follow)
     _report(record, as_json)
 
 
 def _run_with_display(
-    record: chain.ChainRecord, target: Backend, config: KrConfig, notifier: Notifier, *, follow: bool
-) -> chain.ChainRecord:
+    record: chain_state.ChainRecord, target: Backend, config: KrConfig, notifier: Notifier, *, follow: bool
+) -> chain_state.ChainRecord:
     """Drive the chain with the live display on stderr: a rich panel on a terminal, plain lines elsewhere.
     Log lines always feed the display; ``--follow`` also prints them in plain mode."""
     from kaggle_runner.progress import SessionProgress
@@ -153,12 +155,12 @@ def _open_chain(
     until_epoch: int | None,
     max_retries: int,
     wait_for_quota: bool,
-) -> chain.ChainRecord:
+) -> chain_state.ChainRecord:
     """The chain to drive: the one named, else the unfinished one of this kernel, else a new one."""
     owner = target.username()
     kernel_ref = f"{owner}/{config.kernel_slug}"
     if chain_id:
-        record = chain.load_chain(chain_id)
+        record = chain_state.load_chain(chain_id)
         if (record.spec.backend, record.spec.kernel_ref) != (config.backend, kernel_ref):
             raise UsageError(
                 f"chain {chain_id} drives {record.spec.kernel_ref} on the {record.spec.backend} backend, "
@@ -167,15 +169,15 @@ def _open_chain(
             )
         return record
     if not new:
-        found = chain.find_resumable(None, backend=config.backend, kernel_ref=kernel_ref)
+        found = chain_state.find_resumable(None, backend=config.backend, kernel_ref=kernel_ref)
         if found is not None:
             progress(
                 f"continuing chain {found.spec.chain_id} (session {found.session} of {found.spec.sessions}, "
                 f"{found.state.value}); --new starts another"
             )
             return found
-    spec = chain.ChainSpec(
-        chain_id=chain.new_chain_id(),
+    spec = chain_state.ChainSpec(
+        chain_id=chain_state.new_chain_id(),
         backend=config.backend,
         kernel_ref=kernel_ref,
         dataset_ref=f"{owner}/{config.dataset_slug}",
@@ -188,7 +190,7 @@ def _open_chain(
         accelerator=config.accelerator,
         config_path=str(config.source) if config.source else None,
     )
-    record = chain.create_chain(spec)
+    record = chain_state.create_chain(spec)
     progress(
         f"chain {spec.chain_id}: {sessions} session(s) of {spec.kernel_ref} on the {spec.backend} backend"
     )
@@ -196,7 +198,11 @@ def _open_chain(
 
 
 def _apply_arguments(
-    record: chain.ChainRecord, sessions: int, until_epoch: int | None, max_retries: int, wait_for_quota: bool
+    record: chain_state.ChainRecord,
+    sessions: int,
+    until_epoch: int | None,
+    max_retries: int,
+    wait_for_quota: bool,
 ) -> None:
     """A rerun's arguments win over the stored ones: it may extend the chain or change its policy."""
     spec = record.spec
@@ -210,13 +216,13 @@ def _apply_arguments(
     spec.wait_for_quota = wait_for_quota
 
 
-def _report(record: chain.ChainRecord, as_json: bool) -> None:
-    summary = chain.summarize(record)
+def _report(record: chain_state.ChainRecord, as_json: bool) -> None:
+    summary = summarize(record)
     if as_json:
         print_json(summary)
     else:
         print(record.spec.chain_id)
-    if record.state is chain.ChainState.SUCCEEDED:
+    if record.state is chain_state.ChainState.SUCCEEDED:
         progress(f"chain {record.spec.chain_id} done: {record.message}")
         return
     raise KrError(
@@ -225,11 +231,11 @@ def _report(record: chain.ChainRecord, as_json: bool) -> None:
     )
 
 
-def _hint(record: chain.ChainRecord) -> str:
+def _hint(record: chain_state.ChainRecord) -> str:
     resume = f"kr chain --chain {record.spec.chain_id} --sessions {record.spec.sessions}"
-    if record.state is chain.ChainState.FAILED_QUOTA:
+    if record.state is chain_state.ChainState.FAILED_QUOTA:
         return f"run `{resume}` after the reset, or add --wait-for-quota"
-    if record.state is chain.ChainState.FAILED_KERNEL:
+    if record.state is chain_state.ChainState.FAILED_KERNEL:
         return (
             f"read the log tail above, fix the cause, then `{resume}` retries from the last good checkpoint"
         )

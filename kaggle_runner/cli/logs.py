@@ -41,9 +41,9 @@ def kernel_of(target: str | None) -> tuple[Backend, str, int]:
     if not (folder / "chain.json").is_file():
         record = runs.find_record(name)
         return get_backend(record.backend), record.ref, record.version
-    from kaggle_runner import chain
+    from kaggle_runner import chain_state
 
-    chained = chain.load_chain(name)
+    chained = chain_state.load_chain(name)
     versions = [a.version for s in chained.sessions for a in s.attempts if a.version is not None]
     if not versions:
         raise UsageError(f"chain {name} has not pushed a kernel yet", hint=f"kr status {name}")

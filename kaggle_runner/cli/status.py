@@ -29,10 +29,10 @@ BEST_KEYS = ("bleu4", "exact_match", "edit_distance", "edit_score", "epoch", "st
 
 
 def chain_summaries() -> list[dict[str, Any]]:
-    """The chains ``kaggle_runner.chain`` keeps under the same state directory (one dict each)."""
-    from kaggle_runner import chain
+    """The chains ``kr chain`` keeps under the same state directory (one dict each)."""
+    from kaggle_runner import chain_summary
 
-    return chain.chain_summaries()
+    return chain_summary.chain_summaries()
 
 
 class _Backends:
@@ -245,7 +245,7 @@ def _show_listing(records: list[runs.RunRecord], chains: list[dict[str, Any]]) -
         rows = [_terminal_run_row(r, m) for r, m in zip(records, metrics, strict=True)]
         _print_rich_table(rows + [_terminal_chain_row(c) for c in chains])
         return
-    from kaggle_runner.chain import CHAIN_TABLE_HEADERS, chain_table_row
+    from kaggle_runner.chain_summary import CHAIN_TABLE_HEADERS, chain_table_row
 
     if records:
         print_table(RUN_TABLE_HEADERS, [run_table_row(r, m) for r, m in zip(records, metrics, strict=True)])
