@@ -21,7 +21,6 @@ OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
 TARBALL = "checkpoints.tar.gz"
 TRAINING_LOG = "training.log"
 RUN_JSON = "run.json"
-MARKER = "kr-marker.json"
 STALE_INPUT_TOKEN = "KR_STALE_INPUT"
 STALE_INPUT_EXIT_CODE = 3
 # A kernel that ran this fraction of its timeout and ended in ERROR without run.json hit the time limit.
