@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Training throughput on a CUDA machine, in under 5 minutes: one GPU with fp16 (the default model and the
-# batch size of a T4 session) against fp32, with and without each CUDA speed option (channels_last, cuDNN
-# autotuning; torch.compile with --with-compile), and DDP with 2 processes when 2 GPUs are visible. Every
-# rate is given twice: steady (every batch shape met before) and cold (first meeting), with the extra time
-# a new image shape costs; fp16 and fp32 also get a profile of steps with new shapes and of their replay. Synthetic data is generated on the spot (small, cached in a
-# temp dir). Needs only torch, torchvision, numpy, pillow, matplotlib, pyarrow and editdistance.
+# batch size of a T4 session) against fp32, with and without each CUDA speed option (channels_last, on by
+# default; cuDNN autotuning; torch.compile with --with-compile), and DDP with 2 processes when 2 GPUs are
+# visible. Every rate is given twice: steady (every batch shape met before) and cold (first meeting), with the
+# extra time a new image shape costs; fp16 and fp32 also get a profile of steps with new shapes and of their replay.
+# Synthetic data is generated on the spot (small, cached in a temp dir). Needs only torch, torchvision,
+# numpy, pillow, matplotlib, pyarrow and editdistance.
 #
 #   bash bench/gpu.sh              # on a CUDA machine (add --with-compile to time torch.compile too)
 #   bash bench/gpu.sh --cpu-smoke  # the same steps on CPU with the tiny model, in seconds (checks the script)
@@ -42,7 +43,7 @@ run() {  # run NAME [extra flags...]
 }
 
 run fp16 --profile 5
-run fp16_channels_last --channels_last
+run fp16_nchw --no-channels_last  # the layout before channels_last became the default
 if [[ "$SMOKE" == 0 ]]; then
     # On an H200, fp16 ran 4x slower than fp32 over steps that mostly met new shapes (bench/README.md): the
     # steady/cold split, the profiles and the cuDNN autotuning runs tell a per-shape set-up cost from a bad

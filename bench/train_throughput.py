@@ -1,7 +1,7 @@
 """Training-step throughput of the trainer, and what a session spends before its first step.
 
     python bench/train_throughput.py [--model_size base] [--batch_size 32] [--device auto|cpu|cuda]
-        [--amp/--no-amp] [--compile] [--channels_last] [--workers N] [--steps 20] [--ddp] [--json PATH]
+        [--amp/--no-amp] [--compile] [--channels_last/--no-channels_last] [--workers N] [--steps 20] [--ddp] [--json PATH]
 
 Runs the real trainer code in this process (synthetic formulas, generated once and cached) and prints JSON
 and a one-line summary: samples/s and target tokens/s of a training step in the steady state (the timed
@@ -43,7 +43,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="fp16 autocast on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported)")
-    p.add_argument("--channels_last", action="store_true", help="channels_last memory format for the CNN")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels_last memory format for the CNN (the trainer's default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
@@ -74,7 +75,7 @@ def train_config(a: argparse.Namespace, out_dir: Path) -> Any:
     for name, value in (("amp", a.amp), ("compile", a.compile), ("channels_last", a.channels_last)):
         if hasattr(cfg, name):
             setattr(cfg, name, value)
-        elif value and name != "amp":
+        elif value and name not in ("amp", "channels_last"):
             raise SystemExit(f"error: this trainer has no {name} option")
     return cfg
 

@@ -165,9 +165,11 @@ def test_evaluate_and_predict_on_best(trained: Path, shared_cache_dir: Path, tmp
     assert code == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores["samples"] == 4 and scores["step"] == 4 and 0.0 <= scores["edit_score"] <= 1.0
-    test_split = next(shared_cache_dir.glob("synthetic/*/test.parquet"))
+    # Any two rendered test formulas: the shared cache holds other tests' sets too, some with a 1-image test split.
+    rows = [row for split in sorted(shared_cache_dir.glob("synthetic/*/test.parquet"))
+            for row in pq.read_table(split).column("image").to_pylist()]
     images = []
-    for i, row in enumerate(pq.read_table(test_split).column("image").to_pylist()[:2]):
+    for i, row in enumerate(rows[:2]):
         images.append(tmp_path / f"formula{i}.png")
         images[-1].write_bytes(row["bytes"])
     lines = predict_images(best, images, device="cpu")

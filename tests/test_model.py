@@ -91,3 +91,20 @@ def test_every_parameter_gets_a_gradient() -> None:
     logits.sum().backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert missing == []
+
+
+def test_channels_last_gives_the_same_logits_and_gradients() -> None:
+    """The trainer's default layout must change the arithmetic's order only, not what is computed."""
+    torch.manual_seed(1)
+    images, widths = torch.rand(3, 1, 32, 96), torch.tensor([96, 64, 40])
+    tokens = torch.randint(4, 20, (3, 7))
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = tiny_model().to(memory_format=layout)
+        logits = model(images.contiguous(memory_format=layout), tokens, widths)
+        logits.square().mean().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (nchw_logits, nchw_grads), (nhwc_logits, nhwc_grads) = results
+    torch.testing.assert_close(nhwc_logits, nchw_logits, rtol=1e-4, atol=1e-5)
+    for name, grad in nchw_grads.items():
+        torch.testing.assert_close(nhwc_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)

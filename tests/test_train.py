@@ -227,3 +227,8 @@ def test_worker_count_does_not_change_the_result(tmp_path: Path, shared_cache_di
         finals.append(load_state(out / "checkpoints" / "last.pth.tar"))
     assert_same_tensors(finals[0]["model"], finals[1]["model"], "model")
     assert_same_tensors(finals[0]["rng"], finals[1]["rng"], "rng")
+
+
+def test_channels_last_is_the_default_layout() -> None:
+    assert parse_args(["--data_dir", "x"]).channels_last is True
+    assert parse_args(["--data_dir", "x", "--no_channels_last"]).channels_last is False

@@ -55,7 +55,7 @@ class TrainConfig:
     threads: int = 0
     amp: bool = True
     compile: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # +11 % fp16 on an H200, +12-20 % on CPU (bench/README.md)
 
     @property
     def resolved_lr(self) -> float:
@@ -155,8 +155,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="train in fp32 on CUDA (default: fp16 autocast with a gradient scaler; CPU is always fp32)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model (pays off in long sessions; see bench/README.md)")
-    g.add_argument("--channels_last", action="store_true",
-                   help="channels_last memory layout for the CNN (see bench/README.md for when it helps)")
+    g.add_argument("--channels_last", dest="channels_last", action="store_true", default=True,
+                   help="channels_last (NHWC) memory layout for the CNN: the default, faster on GPU and CPU")
+    g.add_argument("--no_channels_last", dest="channels_last", action="store_false",
+                   help="contiguous (NCHW) layout for the CNN instead (same results up to rounding)")
 
 
 def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
