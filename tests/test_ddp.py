@@ -6,6 +6,7 @@ the weights of an uninterrupted 2-process run, and a checkpoint must resume unde
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -93,6 +94,26 @@ def test_two_processes_stay_in_sync_and_resume_exactly(
     assert rank_digests(parts) == [first, first]
     assert result(parts)["step"] == 6
     assert_same_weights(weights(whole), weights(parts))
+
+
+def test_validation_spread_over_two_processes_scores_like_one(tmp_path: Path, shared_cache_dir: Path) -> None:
+    """24 validation samples, batches of 8: rank 0 decodes batches 0 and 2, rank 1 batch 1. The metrics the
+    2-process run logs must be those one process gets from the same checkpoint (rank 0's BatchNorm
+    statistics included)."""
+    out = tmp_path / "out"
+    torchrun(["-m", "trainer"], tiny_args(out, "--max_steps", "9", "--synthetic_val", "24",
+                                          cache_dir=shared_cache_dir))
+    logged = result(out)["last_val"]  # epoch 4, step 8, full precision
+    assert logged["samples"] == 24 and logged["step"] == 8
+    env = trainer_env() | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer.evaluate", "--checkpoint", str(out / "checkpoints" / "checkpoint_local_synthetic_epoch4.pth.tar"),
+         "--data_name", "synthetic", "--cache_dir", str(shared_cache_dir), "--split", "validation",
+         "--batch_size", "8", "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    scores = json.loads(done.stdout)
+    for key in ("bleu4", "exact_match", "edit_distance", "edit_score", "loss"):
+        assert logged[key] == scores[key], key
 
 
 def test_checkpoints_move_between_one_and_two_processes(tmp_path: Path, shared_cache_dir: Path) -> None:

@@ -56,6 +56,8 @@ def init_runtime(device_flag: str = "auto") -> Runtime:
 
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # No rank tears its group down while another may still be finishing its last collective.
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -80,6 +82,14 @@ def broadcast_from_main(runtime: Runtime, value: Any) -> Any:
     box = [value if runtime.is_main_process else None]
     dist.broadcast_object_list(box, src=0, device=_collective_device(runtime))
     return box[0]
+
+
+def broadcast_buffers_from_main(runtime: Runtime, model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank, in place."""
+    if not active(runtime):
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def gather_to_main(runtime: Runtime, value: Any) -> list[Any]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,28 +30,62 @@ def eval_batches(split: PreparedSplit, batch_size: int) -> Iterator[list[int]]:
     yield from sampler.epoch_batches(0)
 
 
+@dataclass
+class DecodePart:
+    """One process's share of a split's decoding: hypotheses by sample index, and the teacher-forced loss sum
+    and token count by batch number (kept apart so that joining sums them in one fixed order)."""
+
+    hypotheses: dict[int, str]
+    losses: dict[int, tuple[float, int]]
+    complete: bool
+
+
 def decode_split(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_size: int, device: torch.device,
                  should_continue: Callable[[], bool] = lambda: True) -> DecodeResult:
     """Free greedy decoding of every sample plus the teacher-forced loss; ``should_continue`` is asked
     before each batch (deadline, signal)."""
+    return join_parts([decode_part(model, split, vocab, batch_size, device, should_continue)], len(split))
+
+
+def decode_part(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_size: int, device: torch.device,
+                should_continue: Callable[[], bool] = lambda: True, rank: int = 0, world_size: int = 1) -> DecodePart:
+    """Decodes every ``world_size``-th batch starting at ``rank``. The batches are the same whatever the
+    world size (so are their results), and width-sorted, so round-robin gives each rank a similar load."""
     model.eval()
     dataset = OcrDataset(split)
-    hyps: dict[int, str] = {}
-    loss_sum, tokens = 0.0, 0
+    part = DecodePart({}, {}, complete=True)
     autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
     with torch.no_grad(), autocast:
-        for indices in eval_batches(split, batch_size):
+        for number, indices in enumerate(eval_batches(split, batch_size)):
+            if number % world_size != rank:
+                continue
             if not should_continue():
-                return DecodeResult([], 0.0, complete=False)
+                return DecodePart({}, {}, complete=False)
             batch = collate([dataset[i] for i in indices]).to(device)
             logits = model(batch.images, batch.tgt_in, batch.widths)
-            loss_sum += float(F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(),
-                                              ignore_index=Vocab.PAD, reduction="sum"))
-            tokens += int((batch.tgt_out != Vocab.PAD).sum())
+            loss = float(F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(),
+                                         ignore_index=Vocab.PAD, reduction="sum"))
+            part.losses[number] = (loss, int((batch.tgt_out != Vocab.PAD).sum()))
             decoded = model.greedy_decode(batch.images, Vocab.BOS, Vocab.EOS, widths=batch.widths)
             for index, ids in zip(indices, decoded, strict=True):
-                hyps[index] = vocab.decode(ids)
-    return DecodeResult([hyps[i] for i in range(len(split))], loss_sum / max(tokens, 1), complete=True)
+                part.hypotheses[index] = vocab.decode(ids)
+    return part
+
+
+def join_parts(parts: Sequence[DecodePart], samples: int) -> DecodeResult:
+    """The whole split's result from every process's part; incomplete if any part is."""
+    if not all(part.complete for part in parts):
+        return DecodeResult([], 0.0, complete=False)
+    hypotheses: dict[int, str] = {}
+    losses: dict[int, tuple[float, int]] = {}
+    for part in parts:
+        hypotheses.update(part.hypotheses)
+        losses.update(part.losses)
+    loss_sum, tokens = 0.0, 0
+    for number in sorted(losses):  # batch order, as one process sums them
+        loss_sum += losses[number][0]
+        tokens += losses[number][1]
+    return DecodeResult([hypotheses[i] for i in range(samples)], loss_sum / max(tokens, 1), complete=True)
 
 
 @dataclass
@@ -75,4 +109,6 @@ def load_model(checkpoint: str | Path, scratch: Path, device: torch.device) -> L
         vocab = Vocab.from_list(state["vocab"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {resumed.path} does not describe a usable model ({exc})") from None
-    return LoadedModel(model.to(device).eval(), vocab, spec, state, resumed)
+    # The layout the trainer validates with (its default): faster, and the same numbers as its validation.
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return LoadedModel(model, vocab, spec, state, resumed)

@@ -43,7 +43,7 @@ from trainer.data import (
     prepare_split,
 )
 from trainer.images import ImageSpec
-from trainer.inference import decode_split
+from trainer.inference import decode_part, join_parts
 from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
@@ -162,7 +162,8 @@ class Trainer:
 
     def _prime_clock(self) -> None:
         """Guesses that stand until validation and saving have been timed once in this run."""
-        self.clock.val_batches = -(-len(self.val_split) // self.cfg.batch_size)
+        batches = -(-len(self.val_split) // self.cfg.batch_size)
+        self.clock.val_batches = -(-batches // self.runtime.world_size)  # each rank decodes its share
         # model + two AdamW moments, written, hashed and packed at a cautious 50 MB/s
         state_bytes = 3 * 4 * count_parameters(self.model)
         self.clock.save_guess_s = 1.0 + state_bytes / 50e6
@@ -477,23 +478,27 @@ class Trainer:
         return None
 
     def _validate(self) -> tuple[dict[str, float] | None, str]:
-        """Rank 0 validates (the other ranks wait for its outcome): the metrics, or None and why it stopped."""
-        outcome: tuple[dict[str, float] | None, str] = (None, "")
-        if self.runtime.is_main_process:
-            outcome = self._validate_here()
-        return distributed.broadcast_from_main(self.runtime, outcome)
-
-    def _validate_here(self) -> tuple[dict[str, float] | None, str]:
+        """Every rank decodes its share of the validation batches; rank 0 scores the whole split and every rank
+        acts on its outcome: the metrics, or None and why it stopped."""
         def should_continue() -> bool:
             return self.stop_signal is None and self.clock.room_for(self.clock.step_estimate())
 
-        result = decode_split(self.model, self.val_split, self.vocab, self.cfg.batch_size, self.runtime.device,
-                              should_continue)
-        if not result.complete:
+        # Each rank's BatchNorm running statistics moved with its own last batch: validate with rank 0's,
+        # the ones its checkpoint holds.
+        distributed.broadcast_buffers_from_main(self.runtime, self.model)
+        part = decode_part(self.model, self.val_split, self.vocab, self.cfg.batch_size, self.runtime.device,
+                           should_continue, self.runtime.rank, self.runtime.world_size)
+        parts = distributed.gather_to_main(self.runtime, part)
+        if not all(p.complete for p in parts):
             self.log.info("validation interrupted; the next run validates this epoch")
-            return None, "signal" if self.stop_signal is not None else self.clock.reason
-        metrics = score_texts(result.hypotheses, self.val_split.texts)
-        return {**metrics, "loss": result.loss, "samples": len(self.val_split)}, ""
+            local = "signal" if self.stop_signal is not None else self.clock.reason
+            return None, distributed.agree_stop(self.runtime, local, False)[0] or local
+        metrics: dict[str, float] | None = None
+        if self.runtime.is_main_process:
+            result = join_parts(parts, len(self.val_split))
+            metrics = {**score_texts(result.hypotheses, self.val_split.texts), "loss": result.loss,
+                       "samples": len(self.val_split)}
+        return distributed.broadcast_from_main(self.runtime, metrics), ""
 
     def _is_improvement(self, metrics: dict[str, float]) -> bool:
         key = self.cfg.best_metric
