@@ -17,12 +17,13 @@ cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 RESULTS="${OUT:-bench/results}"
 mkdir -p "$RESULTS"
+rm -f "$RESULTS"/throughput_*.json "$RESULTS/gpu_summary.json"  # the summary reads every run's file: this run's only
 export KR_CACHE_DIR="${KR_CACHE_DIR:-$(mktemp -d -t kr-gpu-bench-XXXXXX)}"
 
 SMOKE=0
 if [[ "${1:-}" == "--cpu-smoke" || "${KR_CPU_SMOKE:-}" == "1" ]]; then
     SMOKE=1
-    COMMON=(--device cpu --model_size tiny --batch_size 8 --samples 64 --steps 3 --warmup 1 --threads 1)
+    COMMON=(--device cpu --model_size tiny --batch_size 8 --samples 64 --val_samples 16 --steps 3 --warmup 1 --threads 1)
     GPUS=2  # exercise the DDP path too (gloo)
     export GLOO_SOCKET_IFNAME="${GLOO_SOCKET_IFNAME:-lo}"
 else
@@ -89,6 +90,7 @@ if compiled:
     summary["compile_break_even_steps"] = extra_s / saved_per_step if saved_per_step > 0 else None
 if "ddp2" in runs:
     summary["ddp_scaling"] = runs["ddp2"]["ddp_scaling"]
+    summary["ddp_validation_scaling"] = runs["ddp2"]["validation_scaling"]
 (folder / "gpu_summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 EOF

@@ -50,6 +50,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20, help="timed training steps")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (allocator, cudnn, compile)")
     p.add_argument("--samples", type=int, default=512, help="synthetic training images")
+    p.add_argument("--val_samples", type=int, default=128,
+                   help="synthetic validation images (one validation pass is timed; ranks share its batches)")
     p.add_argument("--cache_dir", default=None, help="synthetic-set cache (default: $KR_CACHE_DIR or a temp dir)")
     p.add_argument("--cudnn_benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms per input shape (torch.backends.cudnn.benchmark)")
@@ -67,7 +69,7 @@ def cache_dir(a: argparse.Namespace) -> str:
 def train_config(a: argparse.Namespace, out_dir: Path) -> Any:
     from trainer.config import TrainConfig
 
-    cfg = TrainConfig(data_name="synthetic", synthetic_train=a.samples, synthetic_val=32, synthetic_test=8,
+    cfg = TrainConfig(data_name="synthetic", synthetic_train=a.samples, synthetic_val=a.val_samples, synthetic_test=8,
                       cache_dir=cache_dir(a), out_dir=str(out_dir), model_size=a.model_size,
                       batch_size=a.batch_size, num_workers=a.workers, device=a.device, threads=a.threads,
                       log_every=10**9, save_every_minutes=10**6)
@@ -308,6 +310,19 @@ def top_ops(averages: Any, attribute: str, steps: int, top: int) -> list[dict[st
     return [{"name": e.key[:100], "self_ms_per_step": self_us(e) / 1000 / steps, "calls": e.count} for e in events]
 
 
+def measure_validation(trainer: Any, passes: int = 2) -> float:
+    """Seconds of a validation pass (greedy decoding of every validation sample, spread over the ranks): the
+    fastest of ``passes``, as the first meets its decoding shapes for the first time."""
+    times = []
+    for _ in range(passes):
+        synchronize(trainer)
+        began = time.time()
+        trainer._validate()
+        synchronize(trainer)
+        times.append(time.time() - began)
+    return min(times)
+
+
 def measure_save(trainer: Any) -> dict[str, float]:
     """A full save (serialize, hash, write, manifest, tarball) and the tarball packing alone."""
     from trainer import checkpoint as ckpt
@@ -369,6 +384,7 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     result["distinct_batch_widths"] = distinct_batch_widths(trainer)
     result |= measure_steps(trainer, a.warmup, a.steps)
     result["new_shapes_session_s"] = new_shapes_session_s(result, trainer)
+    result["validation_s"] = measure_validation(trainer)
     if a.profile:
         result["top_kernels"] = profile_steps(trainer, a.profile)
     result |= measure_save(trainer)
@@ -383,7 +399,8 @@ def run_ddp(a: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     single = run_child(argv, 1)
     double = run_child(argv, 2)
     return {"single": single, "ddp2": double,
-            "ddp_scaling": double["samples_per_s"] / single["samples_per_s"]}
+            "ddp_scaling": double["samples_per_s"] / single["samples_per_s"],
+            "validation_scaling": single["validation_s"] / double["validation_s"]}
 
 
 def run_child(argv: list[str], processes: int) -> dict[str, Any]:
@@ -400,7 +417,8 @@ def summary(r: dict[str, Any]) -> str:
     if "ddp_scaling" in r:
         s, d = r["single"], r["ddp2"]
         return (f"ddp {s['device']}: 1 process {s['samples_per_s']:.1f} samples/s, 2 processes "
-                f"{d['samples_per_s']:.1f} samples/s, scaling {r['ddp_scaling']:.2f}x")
+                f"{d['samples_per_s']:.1f} samples/s, scaling {r['ddp_scaling']:.2f}x; validation "
+                f"{s['validation_s']:.1f}s -> {d['validation_s']:.1f}s ({r['validation_scaling']:.2f}x)")
     profile = r.get("top_kernels", {})
     kernels = "".join(f" | cold {k['name'][:40]} {k['self_ms_per_step']:.1f} ms/step"
                       for k in profile.get("cold_cpu", [])[:2])
@@ -409,7 +427,7 @@ def summary(r: dict[str, Any]) -> str:
             + (f", +{new_shape:.0f} ms each" if new_shape is not None else "") + ")")
     return (f"{r['model_size']} b{r['batch_size']} {r['device']}: {r['samples_per_s']:.1f} samples/s{cold} "
             f"{r['tokens_per_s']:.0f} tok/s, step {r['step_ms']:.0f} ms, data wait {100 * r['data_wait_share']:.1f}%, "
-            f"padding {100 * r['padding_share']:.1f}%, first step {r['first_step_after_start_s']:.1f}s, "
+            f"padding {100 * r['padding_share']:.1f}%, validation {r['validation_s']:.1f}s, first step {r['first_step_after_start_s']:.1f}s, "
             f"save {r['save_s']:.2f}s (pack {r['pack_s']:.2f}s), full-set start ~{r['full_start_estimate_s']:.0f}s{kernels}")
 
 
