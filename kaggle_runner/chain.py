@@ -445,29 +445,34 @@ class ChainRunner:
             accelerator=self.spec.accelerator,
             timeout_s=attempt.timeout_s,
         )
+        try:
+            result = self._call_until_done("pushing the kernel", lambda: self.backend.push(request),
+                                           lambda: self._adopt_pushed_version(attempt))
+        except PushRefused as refused:
+            self._refused(refused)
+            return
+        if result is not None:
+            self._pushed(attempt, result.version, "pushed")
+
+    def _call_until_done(self, what: str, call: Callable[[], T], went_through: Callable[[], bool]) -> T | None:
+        """``call`` again after transient errors, with backoff. A request may have been carried out before its
+        error reached us, so ``went_through`` is asked before each retry: None when it was. An in-band refusal
+        (``PushRefused``) is not transient and goes to the caller."""
         delay = self.timing.api_backoff_initial_s
         for tries in range(1, self.timing.api_max_attempts + 1):
             try:
-                result = self._timed_call(lambda: self.backend.push(request))
-            except PushRefused as refused:
-                self._refused(refused)
-                return
+                return self._timed_call(call)
+            except PushRefused:
+                raise
             except (ApiError, OSError) as exc:
-                # The push may have gone through before the error: look before pushing again.
                 if tries == self.timing.api_max_attempts:
-                    raise ApiError(
-                        f"pushing the kernel kept failing: {_short(exc)}", hint=self._resume_hint()
-                    ) from None
-                self.echo(
-                    f"push failed ({_short(exc)}); checking it did not go through, retrying in {delay:.0f}s"
-                )
+                    raise ApiError(f"{what} kept failing: {_short(exc)}", hint=self._resume_hint()) from None
+                self.echo(f"{what} failed ({_short(exc)}); checking it did not go through, retrying in {delay:.0f}s")
                 self._sleep(delay)
                 delay = min(delay * 2, self.timing.api_backoff_max_s)
-                if self._adopt_pushed_version(attempt):
-                    return
-                continue
-            self._pushed(attempt, result.version, "pushed")
-            return
+                if went_through():
+                    return None
+        raise AssertionError("api_max_attempts must be at least 1")
 
     def _adopt_pushed_version(self, attempt: Attempt) -> bool:
         """After a restart or a failed push: if the kernel has a newer version than before our push, it is
@@ -745,28 +750,12 @@ class ChainRunner:
             self._published(session)
             return
         folder = self._publish_folder(session)
-        delay = self.timing.api_backoff_initial_s
-        for tries in range(1, self.timing.api_max_attempts + 1):
-            try:
-                self._timed_call(
-                    lambda: self.backend.publish_dataset(
-                        folder,
-                        self.spec.dataset_ref,
-                        title=self._dataset_title(),
-                        notes=self._dataset_notes(session),
-                    )
-                )
-                break
-            except (ApiError, OSError) as exc:
-                if tries == self.timing.api_max_attempts:
-                    raise ApiError(
-                        f"publishing the checkpoint kept failing: {_short(exc)}", hint=self._resume_hint()
-                    ) from None
-                self.echo(f"publishing failed ({_short(exc)}); retrying in {delay:.0f}s")
-                self._sleep(delay)
-                delay = min(delay * 2, self.timing.api_backoff_max_s)
-                if self._publish_went_through(session):
-                    break
+        self._call_until_done(
+            "publishing the checkpoint",
+            lambda: self.backend.publish_dataset(folder, self.spec.dataset_ref, title=self._dataset_title(),
+                                                 notes=self._dataset_notes(session)),
+            lambda: self._publish_went_through(session),
+        )
         shutil.rmtree(folder, ignore_errors=True)
         self._published(session)
 
