@@ -44,6 +44,22 @@ distributed.shutdown()
 """
 
 
+# Rank 1 crashes in its third training step; rank 0 would wait for it in the next collective.
+RANK_CRASH_SCRIPT = """
+import os, sys, time
+from trainer import train
+from trainer.config import parse_args
+
+original = train.Trainer._train_step
+def crash_on_rank_1(self, batch):
+    if self.runtime.rank == 1 and self.progress.global_step == 2:
+        raise RuntimeError("injected crash")
+    return original(self, batch)
+train.Trainer._train_step = crash_on_rank_1
+sys.exit(train.run(parse_args(sys.argv[1:]), time.time()))
+"""
+
+
 def torchrun(target: list[str], args: list[str], processes: int = 2) -> subprocess.CompletedProcess[str]:
     env = trainer_env() | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
@@ -114,6 +130,18 @@ def test_validation_spread_over_two_processes_scores_like_one(tmp_path: Path, sh
     scores = json.loads(done.stdout)
     for key in ("bleu4", "exact_match", "edit_distance", "edit_score", "loss"):
         assert logged[key] == scores[key], key
+
+
+def test_a_crash_on_one_rank_ends_the_run_instead_of_hanging_it(tmp_path: Path, shared_cache_dir: Path) -> None:
+    script = tmp_path / "crash.py"
+    script.write_text(RANK_CRASH_SCRIPT)
+    out = tmp_path / "out"
+    env = trainer_env() | {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               *tiny_args(out, "--max_steps", "6", cache_dir=shared_cache_dir), "--device", "cpu"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode != 0
+    assert "injected crash" in (out / "training.log").read_text() + done.stderr
 
 
 def test_checkpoints_move_between_one_and_two_processes(tmp_path: Path, shared_cache_dir: Path) -> None:

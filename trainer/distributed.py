@@ -54,10 +54,13 @@ def init_runtime(device_flag: str = "auto") -> Runtime:
 
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leaves the process group. After a clean run every rank waits for the others first, so that none tears
+    the group down while another is still finishing its last collective (gloo aborts then). After a failure it
+    does not wait: the other ranks may never get there, and torchrun stops them once this one exits."""
     if dist.is_available() and dist.is_initialized():
-        # No rank tears its group down while another may still be finishing its last collective.
-        dist.barrier()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

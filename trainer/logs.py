@@ -23,14 +23,19 @@ def get_logger() -> logging.Logger:
     return logging.getLogger(LOGGER_NAME)
 
 
-def setup_logging(out_dir: Path, *, enabled: bool) -> logging.Logger:
-    """Log to OUT_DIR/training.log (append) and stdout. Only the main process logs (enabled=False elsewhere)."""
+def setup_logging(out_dir: Path, *, enabled: bool, rank: int = 0) -> logging.Logger:
+    """Log to OUT_DIR/training.log (append) and stdout. Only the main process logs (enabled=False elsewhere);
+    the other ranks still write their errors to stderr (the kernel log), named by rank, so that a crash on
+    any rank says why."""
     logger = get_logger()
     close_logging()
     logger.setLevel(logging.INFO)
     logger.propagate = False
     if not enabled:
-        logger.addHandler(logging.NullHandler())
+        errors = logging.StreamHandler(sys.stderr)
+        errors.setLevel(logging.ERROR)
+        errors.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s", _DATE_FORMAT))
+        logger.addHandler(errors)
         return logger
     out_dir.mkdir(parents=True, exist_ok=True)
     formatter = logging.Formatter(_FORMAT, _DATE_FORMAT)

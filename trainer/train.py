@@ -626,15 +626,17 @@ def run(cfg: TrainConfig, start: float) -> int:
         return 2
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process)
+    log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process, rank=runtime.rank)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    code = 1
     try:
-        return _setup_and_train(cfg, runtime, start, log)
+        code = _setup_and_train(cfg, runtime, start, log)
+        return code
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         close_logging()
-        distributed.shutdown()
+        distributed.shutdown(clean=code == 0)
 
 
 def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:
