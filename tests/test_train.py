@@ -232,3 +232,33 @@ def test_worker_count_does_not_change_the_result(tmp_path: Path, shared_cache_di
 def test_channels_last_is_the_default_layout() -> None:
     assert parse_args(["--data_dir", "x"]).channels_last is True
     assert parse_args(["--data_dir", "x", "--no_channels_last"]).channels_last is False
+
+
+def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tmp_path: Path, shared_cache_dir: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    real_loss = train_module.Trainer._loss
+
+    def nan_from_step_3(self, batch, images):  # type: ignore[no-untyped-def]
+        loss = real_loss(self, batch, images)
+        return loss * float("nan") if self.progress.global_step >= 3 else loss
+
+    monkeypatch.setattr(train_module.Trainer, "_loss", nan_from_step_3)
+    out = tmp_path / "out"
+    assert train(tiny_args(out, "--max_steps", "8", "--save_every_minutes", "0.0001",
+                           cache_dir=shared_cache_dir)) == 1
+    log = (out / "training.log").read_text()
+    assert "diverged at step 3: the training loss became nan" in log and "Traceback" not in log
+    last = load_state(out / "checkpoints" / "last.pth.tar")
+    assert last["progress"]["global_step"] == 3
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+
+
+def test_fp16_gives_up_after_too_many_skipped_steps_in_a_row() -> None:
+    counter = train_module.SkippedSteps()
+    assert not counter.record(65536.0, 32768.0)  # skipped: the scale was halved
+    assert not counter.record(32768.0, 32768.0)  # stepped: the count starts again
+    scale = 32768.0
+    verdicts = [counter.record(scale, scale := scale / 2) for _ in range(train_module.MAX_SKIPPED_STEPS)]
+    assert verdicts[-1] and not any(verdicts[:-1])

@@ -110,5 +110,5 @@ def load_model(checkpoint: str | Path, scratch: Path, device: torch.device) -> L
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"checkpoint {resumed.path} does not describe a usable model ({exc})") from None
     # The layout the trainer validates with (its default): faster, and the same numbers as its validation.
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model.to(device).to(memory_format=torch.channels_last).eval()
     return LoadedModel(model, vocab, spec, state, resumed)

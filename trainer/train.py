@@ -62,6 +62,25 @@ class InputError(Exception):
 
 
 INPUT_ERRORS = (InputError, DataError, ckpt.CheckpointError, DeadlineError, RuntimeSetupError)
+# fp16 steps skipped in a row (the gradient not finite at any loss scale) before the run gives up: a normal
+# start skips a handful while the scaler finds its scale.
+MAX_SKIPPED_STEPS = 64
+
+
+class TrainingDiverged(Exception):
+    """The loss or the gradient stopped being finite; nothing of the failing step reached the weights."""
+
+
+@dataclass
+class SkippedSteps:
+    """Counts optimizer steps the fp16 gradient scaler skipped in a row (it lowers its scale when it skips)."""
+
+    in_a_row: int = 0
+
+    def record(self, scale_before: float, scale_after: float) -> bool:
+        """True when too many steps in a row were skipped."""
+        self.in_a_row = self.in_a_row + 1 if scale_after < scale_before else 0
+        return self.in_a_row >= MAX_SKIPPED_STEPS
 
 
 # ------------------------------------------------------------------------------------------ state pieces
@@ -275,6 +294,7 @@ class Trainer:
             [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.cfg.resolved_lr, betas=(0.9, 0.98), fused=self.runtime.is_cuda or None)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.skipped = SkippedSteps()
         self.schedule = state["schedule"] if state else self._new_schedule()
 
     @property
@@ -417,20 +437,11 @@ class Trainer:
         lr = lr_at(self.progress.global_step, self.schedule)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
-        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.use_amp):
-            logits = self.train_model(images, batch.tgt_in, batch.widths)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=Vocab.PAD,
-                               label_smoothing=self.cfg.label_smoothing)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._loss(batch, images)
         loss_value = float(loss.item())
-        if not math.isfinite(loss_value) and not self.runtime.is_cuda:
-            raise FloatingPointError(f"training loss became {loss_value} at step {self.progress.global_step}")
+        if not math.isfinite(loss_value) and not self.use_amp:
+            raise TrainingDiverged(f"the training loss became {loss_value}")
+        self._optimizer_step(loss)
         self.progress.global_step += 1
         self.progress.batch_in_epoch += 1
         self.steps_done += 1
@@ -439,6 +450,31 @@ class Trainer:
         self.clock.record_step(time.time() - began)
         if self.progress.global_step % self.cfg.log_every == 0 or self.progress.batch_in_epoch >= self.steps_per_epoch:
             self._log_train(lr)
+
+    def _loss(self, batch: Batch, images: torch.Tensor) -> torch.Tensor:
+        self.model.train()
+        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.use_amp):
+            logits = self.train_model(images, batch.tgt_in, batch.widths)
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=Vocab.PAD,
+                               label_smoothing=self.cfg.label_smoothing)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, step. In fp32 a non-finite gradient stops the run before it reaches the weights; in
+        fp16 the scaler skips such steps, and too many in a row stop the run."""
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        try:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip,
+                                           error_if_nonfinite=not self.use_amp)
+        except RuntimeError as exc:
+            raise TrainingDiverged("the gradient became non-finite") from exc
+        scale_before = self.scaler.get_scale() if self.use_amp else 0.0
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.use_amp and self.skipped.record(scale_before, self.scaler.get_scale()):
+            raise TrainingDiverged(f"the fp16 gradient was not finite for {MAX_SKIPPED_STEPS} steps in a row, "
+                                   f"down to loss scale {self.scaler.get_scale():.3g}")
 
     def _log_train(self, lr: float) -> None:
         elapsed = max(time.time() - self.window_started, 1e-9)
@@ -652,6 +688,11 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
         return 1
     try:
         trainer.run()
+    except TrainingDiverged as exc:
+        log.error(f"diverged at step {trainer.progress.global_step}: {exc}; the steps since the last save are "
+                  "dropped and nothing was saved after it; resume from the last checkpoint with a lower --lr"
+                  + ("" if not trainer.use_amp else " or --no_amp"))
+        return 1
     except Exception:
         log.exception(f"crashed at step {trainer.progress.global_step}")
         return 1
