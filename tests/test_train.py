@@ -262,3 +262,27 @@ def test_fp16_gives_up_after_too_many_skipped_steps_in_a_row() -> None:
     scale = 32768.0
     verdicts = [counter.record(scale, scale := scale / 2) for _ in range(train_module.MAX_SKIPPED_STEPS)]
     assert verdicts[-1] and not any(verdicts[:-1])
+
+
+def test_a_tunable_setting_named_on_resume_wins_over_the_checkpoint(four_epochs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(four_epochs, out)
+    saved = load_state(out / "checkpoints" / "last.pth.tar")
+    assert train(tiny_args(out, "--checkpoint", "latest", "--max_steps", "1", "--lr", "1e-4",
+                           "--weight_decay", "0.05", "--batch_size", "4")) == 0
+    state = load_state(out / "checkpoints" / "last.pth.tar")
+    assert state["schedule"] == {**saved["schedule"], "base_lr": 1e-4}
+    assert state["optimizer"]["param_groups"][0]["weight_decay"] == 0.05
+    assert state["train_config"]["lr"] == 1e-4 and state["train_config"]["batch_size"] == 8  # not tunable
+    log = (out / "training.log").read_text()
+    assert "instead of the checkpoint's: lr None -> 0.0001, weight_decay 0.01 -> 0.05" in log
+    assert "resuming with the checkpoint's settings: batch_size=8" in log
+
+
+def test_settings_not_named_on_resume_are_the_checkpoints(four_epochs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(four_epochs, out)
+    saved = load_state(out / "checkpoints" / "last.pth.tar")
+    assert train(tiny_args(out, "--checkpoint", "latest", "--max_steps", "1")) == 0
+    assert load_state(out / "checkpoints" / "last.pth.tar")["schedule"] == saved["schedule"]
+    assert "instead of the checkpoint's" not in (out / "training.log").read_text()

@@ -56,6 +56,8 @@ class TrainConfig:
     amp: bool = True
     compile: bool = False
     channels_last: bool = True  # +11 % fp16 on an H200, +12-20 % on CPU (bench/README.md)
+    # The settings given on the command line (not defaulted): on resume these win over the checkpoint's.
+    explicit: tuple[str, ...] = ()
 
     @property
     def resolved_lr(self) -> float:
@@ -69,7 +71,9 @@ class TrainConfig:
         return self.data_dir is None and self.data_name != "synthetic"
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        saved = asdict(self)
+        del saved["explicit"]  # how this run was started, not a setting of the model
+        return saved
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -193,5 +197,13 @@ def _add_artifact_flags(p: argparse.ArgumentParser) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    namespace = build_parser().parse_args(argv)
-    return TrainConfig(**vars(namespace))
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    return TrainConfig(**vars(namespace), explicit=given_on_command_line(parser, argv))
+
+
+def given_on_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> tuple[str, ...]:
+    """The settings the command line names: the same parse with every default suppressed."""
+    for action in parser._actions:  # argparse has no public way to ask which options were given
+        action.default = argparse.SUPPRESS
+    return tuple(sorted(vars(parser.parse_args(argv))))

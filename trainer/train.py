@@ -53,6 +53,8 @@ from trainer.tokenizer import Vocab
 RESULT_NAME = "trainer_result.json"
 MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
 # Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them).
+# Settings a resumed run may change when the command line names them (the rest must match the checkpoint).
+TUNABLE_KEYS = ("lr", "weight_decay", "grad_clip", "label_smoothing", "best_metric")
 IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
                  "model_size", "best_metric")
 
@@ -153,6 +155,7 @@ class Trainer:
         self.last_train_loss: float | None = None
         self.steps_done = self.epochs_done = 0
         self.dirty = True  # state differs from what last.pth.tar holds
+        self.overridden: set[str] = set()  # tunable settings the command line changed on resume
         self.last_save_time = time.time()
         self.window_started = time.time()
 
@@ -227,14 +230,23 @@ class Trainer:
         self.log.warning(f"resuming from {resumed.path.name} ({where}){consequence}; {hint}")
 
     def _adopt_identity(self, state: dict[str, Any]) -> None:
+        """The checkpoint's settings, except the tunable ones the command line names (a warning says so)."""
         saved = state.get("train_config", {})
-        changed = []
+        adopted, overridden = [], []
         for key in IDENTITY_KEYS:
-            if key in saved and saved[key] != getattr(self.cfg, key):
-                changed.append(f"{key}={saved[key]}")
+            if key not in saved or saved[key] == getattr(self.cfg, key):
+                continue
+            if key in TUNABLE_KEYS and key in self.cfg.explicit:
+                overridden.append(f"{key} {saved[key]} -> {getattr(self.cfg, key)}")
+                self.overridden.add(key)
+            else:
+                adopted.append(f"{key}={saved[key]}")
                 setattr(self.cfg, key, saved[key])
-        if changed:
-            self.log.info("resuming with the checkpoint's settings: " + " ".join(changed))
+        if adopted:
+            self.log.info("resuming with the checkpoint's settings: " + " ".join(adopted))
+        if overridden:
+            self.log.warning("resuming with the command line's settings instead of the checkpoint's: "
+                             + ", ".join(overridden) + " (the run no longer continues exactly as before)")
         data = state.get("data_config", {})
         if data and data.get("data_name") != self.cfg.data_name:
             raise InputError(f"the checkpoint trained on data_name {data.get('data_name')!r}, not "
@@ -296,6 +308,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.skipped = SkippedSteps()
         self.schedule = state["schedule"] if state else self._new_schedule()
+        if "lr" in self.overridden:  # the same warm-up and horizon, from the new peak
+            self.schedule = {**self.schedule, "base_lr": self.cfg.resolved_lr}
 
     @property
     def use_amp(self) -> bool:
@@ -327,6 +341,8 @@ class Trainer:
             self.model.load_state_dict(state["model"])
             if not weights_only:
                 self.optimizer.load_state_dict(state["optimizer"])
+                if "weight_decay" in self.overridden:  # the saved param groups carry the old value
+                    self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay
             if state.get("scaler") and self.use_amp:
                 self.scaler.load_state_dict(state["scaler"])
         except (RuntimeError, ValueError, KeyError) as exc:
