@@ -286,3 +286,25 @@ def test_settings_not_named_on_resume_are_the_checkpoints(four_epochs: Path, tmp
     assert train(tiny_args(out, "--checkpoint", "latest", "--max_steps", "1")) == 0
     assert load_state(out / "checkpoints" / "last.pth.tar")["schedule"] == saved["schedule"]
     assert "instead of the checkpoint's" not in (out / "training.log").read_text()
+
+
+def test_image_size_is_a_flag_and_a_resumed_run_keeps_its_checkpoints(tmp_path: Path,
+                                                                      shared_cache_dir: Path) -> None:
+    out = tmp_path / "out"
+    assert train(tiny_args(out, "--max_steps", "1", "--image_height", "32", "--max_width", "512",
+                           cache_dir=shared_cache_dir)) == 0
+    spec = load_state(out / "checkpoints" / "last.pth.tar")["image_spec"]
+    assert (spec["height"], spec["max_width"]) == (32, 512)
+    assert train(tiny_args(out, "--max_steps", "1", "--checkpoint", "latest", "--image_height", "48",
+                           cache_dir=shared_cache_dir)) == 0
+    state = load_state(out / "checkpoints" / "last.pth.tar")
+    assert state["image_spec"]["height"] == 32 and state["train_config"]["image_height"] == 32
+    assert "ignoring --image_height 48: the checkpoint's model was trained on 32x512 images" in (
+        out / "training.log").read_text()
+
+
+@pytest.mark.parametrize("value", ["40", "8", "0"])
+def test_image_sizes_must_divide_by_16(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--data_dir", "x", "--image_height", value])
+    assert exited.value.code == 2 and "multiple of 16" in capsys.readouterr().err

@@ -44,6 +44,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
     max_target_len: int = 200
+    image_height: int = 64
+    max_width: int = 1024
     num_workers: int = 2
     save_every_minutes: float = 8.0
     log_every: int = 50
@@ -88,6 +90,14 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _multiple_of_16(text: str) -> int:
+    """Image sizes: the CNN halves the height four times and the width three, so both must divide by 16."""
+    value = int(text)
+    if value < 16 or value % 16:
+        raise argparse.ArgumentTypeError(f"must be a multiple of 16 and at least 16, got {value}")
     return value
 
 
@@ -136,6 +146,11 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--synthetic_test", type=_positive_int, default=300, help="synthetic test samples")
     g.add_argument("--max_target_len", type=_positive_int, default=200,
                    help="longest target in tokens; longer texts are cut and counted in the log")
+    g.add_argument("--image_height", type=_multiple_of_16, default=64,
+                   help="model input height: taller images are shrunk to it, shorter ones padded (a resumed "
+                        "run keeps its checkpoint's)")
+    g.add_argument("--max_width", type=_multiple_of_16, default=1024,
+                   help="model input width limit: wider images are shrunk to it (a resumed run keeps its checkpoint's)")
     g.add_argument("--val_max_samples", type=_non_negative_int, default=0,
                    help="validate on at most this many samples (0: the whole validation split)")
 

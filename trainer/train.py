@@ -169,7 +169,7 @@ class Trainer:
         seed_everything(self.cfg.seed)
         self.data_cfg = self._data_config()
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
-        self.spec = ImageSpec(**state["image_spec"]) if state else ImageSpec()
+        self.spec = self._image_spec(state)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
         self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
@@ -251,6 +251,20 @@ class Trainer:
         if data and data.get("data_name") != self.cfg.data_name:
             raise InputError(f"the checkpoint trained on data_name {data.get('data_name')!r}, not "
                              f"{self.cfg.data_name!r}: pass --data_name {data.get('data_name')} or start without --checkpoint")
+
+    def _image_spec(self, state: dict[str, Any] | None) -> ImageSpec:
+        """The checkpoint's input geometry when resuming (the model learned it), else the flags'."""
+        if state is None:
+            return ImageSpec(height=self.cfg.image_height, max_width=self.cfg.max_width)
+        spec = ImageSpec(**state["image_spec"])
+        saved = {"image_height": spec.height, "max_width": spec.max_width}
+        ignored = [f"--{key} {getattr(self.cfg, key)}" for key, value in saved.items()
+                   if key in self.cfg.explicit and getattr(self.cfg, key) != value]
+        if ignored:
+            self.log.warning(f"ignoring {', '.join(ignored)}: the checkpoint's model was trained on "
+                             f"{spec.height}x{spec.max_width} images")
+        self.cfg.image_height, self.cfg.max_width = spec.height, spec.max_width
+        return spec
 
     def _data_config(self) -> DataConfig:
         c = self.cfg
