@@ -587,7 +587,8 @@ class ChainRunner:
             )
             for line in attempt.log_excerpt.splitlines():
                 self.echo(f"  | {line}")
-        self._retry_after(kind, status.failure_message)
+        detail = (run or {}).get("message") if kind is FailureKind.DIVERGED else None
+        self._retry_after(kind, detail or status.failure_message)
 
     def _ran_s(self, attempt: Attempt) -> float | None:
         start = attempt.running_at or attempt.pushed_at
@@ -624,6 +625,8 @@ class ChainRunner:
             self._relaunch_stale_input()
         elif kind is FailureKind.TIME_LIMIT:
             self._retry_shorter()
+        elif kind is FailureKind.DIVERGED:
+            self._stop_diverged(failure or kind.value)
         else:
             self._retry_error(kind, failure or kind.value)
 
@@ -664,6 +667,15 @@ class ChainRunner:
             ChainState.WAITING_RETRY,
             0.0,
             f"killed at the time limit; retrying with a {budget / 3600:.2f} h budget",
+        )
+
+    def _stop_diverged(self, detail: str) -> None:
+        """The trainer diverged: resuming from the same checkpoint with the same settings diverges again."""
+        self._transition(
+            ChainState.FAILED_KERNEL,
+            FailureKind.DIVERGED.value,
+            message=f"{detail}. Not retried: it would diverge again. Lower the learning rate in kr.toml "
+            '(trainer.extra_args = ["--lr", "1e-4"]) and run kr chain again',
         )
 
     def _retry_error(self, kind: FailureKind, detail: str) -> None:

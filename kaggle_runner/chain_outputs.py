@@ -112,6 +112,8 @@ def classify_failure(
         return FailureKind.STALE_INPUT
     if run is not None and run.get("exit_code") == STALE_INPUT_EXIT_CODE:
         return FailureKind.STALE_INPUT
+    if run is not None and run.get("stop_reason") == "diverged":
+        return FailureKind.DIVERGED
     # A positive exit code is the trainer's own failure; a negative one is the signal of the kill.
     exit_code = run.get("exit_code") if run is not None else None
     trainer_crashed = isinstance(exit_code, int) and exit_code > 0

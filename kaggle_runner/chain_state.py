@@ -92,6 +92,7 @@ class FailureKind(str, enum.Enum):
     TIME_LIMIT = "time_limit"  # killed at the session limit without outputs: retried with a shorter budget
     STALE_INPUT = "stale_input"  # mounted an older checkpoint version: relaunched, not the user's fault
     BAD_OUTPUTS = "bad_outputs"  # completed, but its outputs never verified: counts like a kernel error
+    DIVERGED = "diverged"  # the loss went non-finite: a retry from the same checkpoint would repeat it, so none
 
 
 class Clock(Protocol):

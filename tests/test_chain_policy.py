@@ -74,7 +74,8 @@ def render_request(request: SessionRequest, folder: Path) -> None:
 @dataclass
 class KernelPlan:
     """What one pushed version does. ``outcome``: complete | error | time_limit (killed, nothing saved) |
-    time_limit_saved (killed after saving) | stale | crash_with_run (run.json with exit code 1)."""
+    time_limit_saved (killed after saving) | stale | crash_with_run (run.json with exit code 1) | diverged (the
+    trainer's divergence stop: run.json with exit code 1 and its message)."""
 
     outcome: str = "complete"
     polls_running: int = 2  # status calls answered "running" before the end
@@ -188,7 +189,7 @@ class ScriptedBackend(Backend):
         lines = ["INFO train epoch=1 step=1 loss=2.0"]
         if outcome == "stale":
             lines = ["KR_STALE_INPUT: kr-marker.json has session=1, this session expects 2"]
-        elif outcome in ("error", "crash_with_run"):
+        elif outcome in ("error", "crash_with_run", "diverged"):
             lines += ["Traceback (most recent call last):", "RuntimeError: CUDA out of memory"]
         self._leave("logs")
         return "\n".join(lines) + "\n"
@@ -211,8 +212,8 @@ class ScriptedBackend(Backend):
             earlier = [v.epoch for v in self.versions.values() if v.request["session"] < request["session"]]
             run.epoch = max(earlier, default=0) + (request.get("epochs") or run.plan.epochs)
         epoch = run.epoch
-        exit_code = 1 if outcome == "crash_with_run" else 0
-        run_json = {
+        exit_code = 1 if outcome in ("crash_with_run", "diverged") else 0
+        run_json: dict[str, Any] = {
             "chain": request["chain_id"],
             "session": request["session"],
             "exit_code": exit_code,
@@ -220,6 +221,8 @@ class ScriptedBackend(Backend):
             "seconds": 100.0,
             "result": {"epoch": epoch, "step": epoch * 10, "best": {"bleu4": 0.1 * epoch, "epoch": epoch}},
         }
+        if outcome == "diverged":
+            run_json |= {"stop_reason": "diverged", "message": DIVERGED_MESSAGE}
         atomic_write_json(dest / "run.json", run_json)
         (dest / "training.log").write_text(f"INFO session {request['session']}\n")
         corrupt = run.plan.corrupt_downloads > 0
@@ -466,6 +469,19 @@ def test_kernel_errors_beyond_max_retries_fail_the_chain(tmp_path: Path) -> None
     assert (
         record.sessions[0].attempts[1].outcome == "kernel_error"
     )  # run.json with exit 1: a crash, not a kill
+
+
+DIVERGED_MESSAGE = "diverged at step 40: the training loss became nan; resume from it with a lower --lr"
+
+
+def test_a_diverged_trainer_fails_the_chain_at_once_with_what_to_change(tmp_path: Path) -> None:
+    h = start(tmp_path, sessions=2, max_retries=2)
+    h.backend.plans = [KernelPlan(), KernelPlan("diverged")]
+    record = h.run()
+    assert record.state is ChainState.FAILED_KERNEL
+    assert h.backend.pushes == 2, "a retry from the same checkpoint would diverge again"
+    assert record.sessions[1].attempts[0].outcome == "diverged"
+    assert DIVERGED_MESSAGE in (record.message or "") and "--lr" in (record.message or "")
 
 
 def test_time_limit_kill_without_outputs_is_retried_with_a_shorter_budget(tmp_path: Path) -> None:
@@ -780,6 +796,8 @@ def test_classify_failure() -> None:
     assert classify_failure(error, "", None, ran_s=5, timeout_s=100) is FailureKind.KERNEL_ERROR
     # run.json says the trainer crashed: a user-code failure, whatever the time.
     assert classify_failure(error, "", {"exit_code": 1}, ran_s=99, timeout_s=100) is FailureKind.KERNEL_ERROR
+    diverged = {"exit_code": 1, "stop_reason": "diverged"}
+    assert classify_failure(error, "", diverged, ran_s=99, timeout_s=100) is FailureKind.DIVERGED
     # The trainer stopped cleanly on the kill's SIGTERM: still the time limit.
     signal = {"exit_code": 0, "stop_reason": "signal"}
     assert classify_failure(timed_out, "", signal, ran_s=5, timeout_s=100) is FailureKind.TIME_LIMIT

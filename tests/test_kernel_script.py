@@ -422,3 +422,22 @@ def test_two_gpu_session_stopped_by_sigterm_under_torchrun_ends_clean(layout: di
     assert run["exit_code"] == 0 and run["stop_reason"] == "signal", run
     with tarfile.open(layout["working"] / "checkpoints.tar.gz") as archive:
         assert "checkpoints/last.pth.tar" in archive.getnames()
+
+
+def test_a_diverged_trainer_s_stop_reason_and_message_reach_run_json(layout: dict[str, Path], tmp_path: Path) -> None:
+    """kr chain reads run.json to tell a divergence (not retried) from a crash (retried)."""
+    package = tmp_path / "diverging" / "trainer"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(
+        "import json\n"
+        "json.dump({'stop_reason': 'diverged', 'message': 'diverged at step 7: the training loss became nan'},"
+        " open('trainer_result.json', 'w'))\n"
+        "raise SystemExit(1)\n"
+    )
+    script = render(layout, OFFLINE, resume_spec(None, session=0), package)
+    result = run_script(script, layout)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    run = run_json(layout)
+    assert run["exit_code"] == 1 and run["stop_reason"] == "diverged"
+    assert run["message"] == "diverged at step 7: the training loss became nan"

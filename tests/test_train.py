@@ -250,6 +250,8 @@ def test_a_non_finite_loss_stops_the_run_before_it_reaches_the_weights(tmp_path:
                            cache_dir=shared_cache_dir)) == 1
     log = (out / "training.log").read_text()
     assert "diverged at step 3: the training loss became nan" in log and "Traceback" not in log
+    outcome = result(out)  # what the kernel script copies into run.json for kr chain
+    assert outcome["stop_reason"] == "diverged" and "lower --lr" in outcome["message"]
     last = load_state(out / "checkpoints" / "last.pth.tar")
     assert last["progress"]["global_step"] == 3
     assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())

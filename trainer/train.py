@@ -52,11 +52,11 @@ from trainer.tokenizer import Vocab
 
 RESULT_NAME = "trainer_result.json"
 MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
-# Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them).
-# Settings a resumed run may change when the command line names them (the rest must match the checkpoint).
-TUNABLE_KEYS = ("lr", "weight_decay", "grad_clip", "label_smoothing", "best_metric")
+# Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them)...
 IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
                  "model_size", "best_metric")
+# ...except these when the command line names them (a deliberate change, e.g. a lower LR after divergence).
+TUNABLE_KEYS = ("lr", "weight_decay", "grad_clip", "label_smoothing", "best_metric")
 
 
 class InputError(Exception):
@@ -659,7 +659,7 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------- finish
 
-    def _finish(self, reason: str) -> dict[str, Any]:
+    def _finish(self, reason: str, message: str | None = None) -> dict[str, Any]:
         p = self.progress
         log_metrics("stop", reason=reason, epoch=p.epoch, step=p.global_step, epochs_done=self.epochs_done,
                     steps_done=self.steps_done)
@@ -670,6 +670,8 @@ class Trainer:
             "seconds": round(time.time() - self.start, 3), "model_size": self.cfg.model_size,
             "data_name": self.cfg.data_name,
         }
+        if message:
+            result["message"] = message
         if self.runtime.is_main_process:
             atomic_write_json(self.out_dir / RESULT_NAME, result)
         return result
@@ -719,9 +721,10 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
     try:
         trainer.run()
     except TrainingDiverged as exc:
-        log.error(f"diverged at step {trainer.progress.global_step}: {exc}; the steps since the last save are "
-                  "dropped and nothing was saved after it; resume from the last checkpoint with a lower --lr"
-                  + ("" if not trainer.use_amp else " or --no_amp"))
+        message = (f"diverged at step {trainer.progress.global_step}: {exc}; nothing was saved after the last "
+                   "checkpoint; resume from it with a lower --lr" + (" or --no_amp" if trainer.use_amp else ""))
+        log.error(message)
+        trainer._finish("diverged", message)  # trainer_result.json tells the kernel (and kr chain) why
         return 1
     except Exception:
         log.exception(f"crashed at step {trainer.progress.global_step}")
