@@ -721,8 +721,11 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
     try:
         trainer.run()
     except TrainingDiverged as exc:
-        message = (f"diverged at step {trainer.progress.global_step}: {exc}; nothing was saved after the last "
-                   "checkpoint; resume from it with a lower --lr" + (" or --no_amp" if trainer.use_amp else ""))
+        saved = (trainer.ckpt_dir / ckpt.LAST_NAME).is_file()
+        advice = ("nothing was saved after the last checkpoint; resume from it" if saved else
+                  "no checkpoint was saved yet; start again")
+        message = (f"diverged at step {trainer.progress.global_step}: {exc}; {advice} with a lower --lr"
+                   + (" or --no_amp" if trainer.use_amp else ""))
         log.error(message)
         trainer._finish("diverged", message)  # trainer_result.json tells the kernel (and kr chain) why
         return 1
