@@ -282,15 +282,11 @@ def create_chain(spec: ChainSpec, home: Path | None = None, clock: Clock | None 
     return record
 
 
-def find_resumable(home: Path | None, *, backend: str, kernel_ref: str) -> ChainRecord | None:
-    """The newest unfinished chain driving this kernel on this backend: rerunning ``kr chain`` continues it."""
-    candidates = [
-        r
-        for r in list_chains(home)
-        if r.spec.backend == backend
-        and r.spec.kernel_ref == kernel_ref
-        and r.state is not ChainState.SUCCEEDED
-    ]
+def latest_chain(home: Path | None, *, backend: str, kernel_ref: str) -> ChainRecord | None:
+    """The newest chain driving this kernel on this backend, finished or not: rerunning ``kr chain`` continues
+    it, extends it when ``--sessions`` grew, or only reports it when it is done (never a fresh chain that would
+    train from scratch again; ``--new`` is for that)."""
+    candidates = [r for r in list_chains(home) if r.spec.backend == backend and r.spec.kernel_ref == kernel_ref]
     return candidates[-1] if candidates else None
 
 

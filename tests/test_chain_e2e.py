@@ -296,3 +296,9 @@ def test_local_backend_chain_through_the_cli_equals_one_run(reference: Path, tmp
         )
         assert logs.returncode == 0, logs.stderr
         assert f"chain {chain_id} session 2" in logs.stdout and "trainer exited with code 0" in logs.stdout
+    # The same command again reports the finished chain; it does not start a new one from scratch.
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"chain {chain_id} already finished its 2 session(s)" in again.stderr
+    assert [c.spec.chain_id for c in chain_state.list_chains()] == [chain_id]
+    assert len(chain_state.load_chain(chain_id).sessions) == 2

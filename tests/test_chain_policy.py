@@ -39,7 +39,7 @@ from kaggle_runner.chain_state import (
     FailureKind,
     chain_lock,
     create_chain,
-    find_resumable,
+    latest_chain,
     load_chain,
 )
 from kaggle_runner.chain_summary import chain_summaries
@@ -760,12 +760,14 @@ def test_a_succeeded_chain_extended_with_more_sessions_goes_on(tmp_path: Path) -
     assert h.backend.pushes == 2 and record.sessions[1].epoch == 2
 
 
-def test_find_resumable_picks_the_unfinished_chain_of_the_same_kernel(tmp_path: Path) -> None:
+def test_latest_chain_is_the_newest_of_the_same_kernel_even_when_finished(tmp_path: Path) -> None:
     h = start(tmp_path, sessions=1)
-    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/kernel") is not None
-    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/other") is None
+    assert latest_chain(h.home, backend="scripted", kernel_ref="tester/kernel") is not None
+    assert latest_chain(h.home, backend="scripted", kernel_ref="tester/other") is None
     h.run()
-    assert find_resumable(h.home, backend="scripted", kernel_ref="tester/kernel") is None
+    found = latest_chain(h.home, backend="scripted", kernel_ref="tester/kernel")
+    # A rerun of the same command reports the finished chain instead of training a new one from scratch.
+    assert found is not None and found.state is ChainState.SUCCEEDED
 
 
 def test_notification_failures_never_stop_the_chain(tmp_path: Path) -> None:

@@ -58,9 +58,9 @@ def chain_command(
         str | None, typer.Option("--notify-url", help="URL that receives every state change as a JSON POST.")
     ] = None,
     chain_id: Annotated[
-        str | None, typer.Option("--chain", help="Continue this chain (default: the unfinished one, if any).")
+        str | None, typer.Option("--chain", help="Continue this chain (default: the newest one of this kernel).")
     ] = None,
-    new: Annotated[bool, typer.Option("--new", help="Start a new chain even if one is unfinished.")] = False,
+    new: Annotated[bool, typer.Option("--new", help="Start a new chain (from scratch) even if one exists.")] = False,
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Print each kernel's log as it runs.")
     ] = False,
@@ -169,12 +169,9 @@ def _open_chain(
             )
         return record
     if not new:
-        found = chain_state.find_resumable(None, backend=config.backend, kernel_ref=kernel_ref)
+        found = chain_state.latest_chain(None, backend=config.backend, kernel_ref=kernel_ref)
         if found is not None:
-            progress(
-                f"continuing chain {found.spec.chain_id} (session {found.session} of {found.spec.sessions}, "
-                f"{found.state.value}); --new starts another"
-            )
+            progress(_continuing(found, sessions))
             return found
     spec = chain_state.ChainSpec(
         chain_id=chain_state.new_chain_id(),
@@ -195,6 +192,15 @@ def _open_chain(
         f"chain {spec.chain_id}: {sessions} session(s) of {spec.kernel_ref} on the {spec.backend} backend"
     )
     return record
+
+
+def _continuing(found: chain_state.ChainRecord, sessions: int) -> str:
+    spec = found.spec
+    if found.state is chain_state.ChainState.SUCCEEDED and sessions <= spec.sessions:
+        return (f"chain {spec.chain_id} already finished its {spec.sessions} session(s): --sessions "
+                f"{spec.sessions + 1} or more continues it, --new starts another from scratch")
+    return (f"continuing chain {spec.chain_id} (session {found.session} of {spec.sessions}, {found.state.value}); "
+            "--new starts another")
 
 
 def _apply_arguments(
