@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # The main job: a 3-session chain on the local backend, synthetic data, tiny model. No account, no network.
+# --new: every `make demo` trains a fresh chain (a plain rerun of kr chain only reports the finished one).
 demo: $(STAMP)
-	KR_HOME=$(CURDIR)/demo-home $(KR) chain --sessions 3 --backend local --config demo/kr.toml
+	KR_HOME=$(CURDIR)/demo-home $(KR) chain --sessions 3 --backend local --config demo/kr.toml --new
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
