@@ -10,6 +10,7 @@ import subprocess
 import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -190,3 +191,16 @@ def test_best_file_is_carried_into_a_new_working_folder(tmp_path: Path) -> None:
     assert target is not None and target.name == "BEST_checkpoint_hf_full.pth.tar"
     assert ckpt.load_checkpoint(target, expected_sha256=None)["progress"]["global_step"] == 5
     assert os.path.getsize(target) > 0
+
+
+def test_saves_within_one_second_get_their_own_timestamped_tarballs(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The checkpoint module's clock, standing still inside one second.
+    standing = SimpleNamespace(time=lambda: 1_800_000_000.25, strftime=time.strftime, localtime=time.localtime)
+    monkeypatch.setattr(ckpt, "time", standing)
+    names = []
+    for _ in range(3):
+        path = ckpt.free_stamped_path(tmp_path)
+        path.write_bytes(b"x")
+        names.append(path.name)
+    assert len(set(names)) == 3 and names == sorted(names)

@@ -236,7 +236,7 @@ def pack(out_dir: Path, members: dict[Path, str], epoch: int, step: int, keep_ti
             raw.flush()
             os.fsync(raw.fileno())
         os.chmod(tmp, 0o644)
-        stamped = out_dir / f"{TARBALL_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
+        stamped = free_stamped_path(out_dir)
         link_or_copy(tmp, stamped)
         os.replace(tmp, out_dir / TARBALL_NAME)
     finally:
@@ -252,6 +252,18 @@ def _add_regular(tar: tarfile.TarFile, name: str, size: int, fileobj: Any) -> No
     info.mtime = int(time.time())
     with fileobj:
         tar.addfile(info, fileobj)
+
+
+def free_stamped_path(out_dir: Path) -> Path:
+    """``checkpoints_{YYYYmmdd-HHMMSS}.tar.gz`` for now, or for the next second no tarball has: two saves in one
+    second must not share a name (the second would replace the first, and retention would keep one state
+    fewer). Within a run the names still sort in the order of the saves."""
+    stamp = time.time()
+    while True:
+        path = out_dir / f"{TARBALL_PREFIX}{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}.tar.gz"
+        if not path.exists():
+            return path
+        stamp += 1
 
 
 def timestamped_tarballs(out_dir: Path) -> list[Path]:
