@@ -18,6 +18,7 @@ from typing import Any
 
 from kaggle_runner.errors import KrError
 from kaggle_runner.fsutil import atomic_write_json, sha256_file
+from kr_contract.marker import Marker
 
 MARKER_FILE = "kr-marker.json"
 TARBALL_FILE = "checkpoints.tar.gz"
@@ -25,27 +26,6 @@ LOG_FILE = "training.log"
 MANIFEST_MEMBER = "checkpoints/MANIFEST.json"
 # Fields the kernel compares with what it expects; epoch and step are informational.
 CHECKED_FIELDS = ("chain", "session", "sha256")
-
-
-@dataclass(frozen=True)
-class Marker:
-    chain: str
-    session: int
-    sha256: str  # of checkpoints.tar.gz
-    epoch: int | None = None
-    step: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: object) -> Marker:
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        chain, session, sha256 = data.get("chain"), data.get("session"), data.get("sha256")
-        if not isinstance(chain, str) or not isinstance(session, int) or not isinstance(sha256, str):
-            raise ValueError("chain (text), session (number) and sha256 (text) are required")
-        return cls(chain, session, sha256, _optional_int(data.get("epoch")), _optional_int(data.get("step")))
 
 
 def _optional_int(value: object) -> int | None:

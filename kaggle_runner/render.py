@@ -11,7 +11,6 @@ import ast
 import base64
 import gzip
 import hashlib
-import inspect
 import io
 import json
 import re
@@ -32,15 +31,16 @@ from kaggle_runner.config import (
     resolve_username,
 )
 from kaggle_runner.errors import KrError, UsageError
-from kaggle_runner.fsutil import atomic_write_text
-from kaggle_runner.marker import LOG_FILE, MANIFEST_MEMBER, MARKER_FILE, TARBALL_FILE, Marker, marker_problem
+from kr_contract.atomic import atomic_write_text
+from kr_contract.marker import Marker
+
+# The watchdog's timeout when the configuration names none (kr_kernel.settings has the same default).
+DEFAULT_STALL_TIMEOUT_S = 900.0
 
 SCRIPT_FILE = "script.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 KERNEL_TEMPLATE = "kernel.py.j2"
-# What kr downloads from a finished session (docs/architecture.md §3).
-OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
 # Modules the trainer imports that a Kaggle image may lack (module -> pip requirement). torch and
 # torchvision are left out on purpose: the image's builds match its CUDA, a pip upgrade would not.
 KERNEL_REQUIREMENTS = {
@@ -85,15 +85,23 @@ def deadline_margin_s(budget_s: float) -> float:
     return round(min(300.0, 0.05 * budget_s), 3)
 
 
+# The packages a kernel runs, embedded in its script: a Kaggle image has none of them.
+KERNEL_PACKAGES = ("trainer", "kr_contract", "kr_kernel")
+
+
 def trainer_archive(source_dir: Path | None = None) -> bytes:
-    """The trainer package as a reproducible tar.gz: sorted members, mtime 0, owner 0, gzip mtime 0."""
-    source_dir = Path(source_dir) if source_dir is not None else resources.trainer_source_dir()
+    """The kernel's code as a reproducible tar.gz: the trainer package (``source_dir``, default this
+    checkout's), ``kr_contract`` and ``kr_kernel``; sorted members, mtime 0, owner 0, gzip mtime 0."""
+    source_dir = Path(source_dir) if source_dir is not None else resources.package_source_dir("trainer")
     if not (source_dir / "__main__.py").is_file():
         raise KrError(f"{source_dir} is not a runnable trainer package (no __main__.py)", "reinstall kr")
+    folders = {"trainer": source_dir} | {name: resources.package_source_dir(name) for name in KERNEL_PACKAGES[1:]}
     members = {
-        f"trainer/{path.relative_to(source_dir).as_posix()}": path for path in _trainer_files(source_dir)
+        f"{package}/{path.relative_to(folder).as_posix()}": path
+        for package, folder in folders.items()
+        for path in _package_files(folder)
     }
-    members.update(_kaggle_runner_dependencies(list(members.values())))
+    _refuse_kaggle_runner_imports(members)
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
         for name in sorted(members):
@@ -104,7 +112,7 @@ def trainer_archive(source_dir: Path | None = None) -> bytes:
     return compressed.getvalue()
 
 
-def _trainer_files(source_dir: Path) -> list[Path]:
+def _package_files(source_dir: Path) -> list[Path]:
     files = []
     for path in source_dir.rglob("*"):
         parts = path.relative_to(source_dir).parts
@@ -115,43 +123,25 @@ def _trainer_files(source_dir: Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(source_dir).as_posix())
 
 
-def _kaggle_runner_imports(path: Path) -> set[str]:
-    """Modules of kaggle_runner that a Python file imports (``kaggle_runner.x`` names)."""
+def _refuse_kaggle_runner_imports(members: dict[str, Path]) -> None:
+    """The kernel has no kaggle_runner: embedded code that imports it would fail there, hours into a chain."""
+    for name, path in sorted(members.items()):
+        if path.suffix == ".py" and _imports_kaggle_runner(path):
+            raise KrError(f"{name} imports kaggle_runner, which a kernel does not have",
+                          "the trainer and the kernel may import kr_contract and the standard library only")
+
+
+def _imports_kaggle_runner(path: Path) -> bool:
     try:
         tree = ast.parse(path.read_text(encoding="utf-8"))
     except (SyntaxError, UnicodeDecodeError):
-        return set()
-    found: set[str] = set()
+        return False
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names if alias.name.startswith(f"{_KR}.")}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module.startswith(f"{_KR}."):
-                found.add(node.module)
-            elif node.module == _KR:
-                found |= {f"{_KR}.{alias.name}" for alias in node.names}
-    return found
-
-
-def _kaggle_runner_dependencies(files: list[Path]) -> dict[str, Path]:
-    """The kaggle_runner modules the trainer imports (and theirs), to embed beside it: a Kaggle image has no
-    kaggle_runner. Each must be importable without the rest of the package (standard library only)."""
-    package_dir = Path(__file__).resolve().parent
-    embedded: dict[str, Path] = {}
-    pending = [module for path in files if path.suffix == ".py" for module in _kaggle_runner_imports(path)]
-    while pending:
-        module = pending.pop()
-        path = package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
-        name = f"{_KR}/{path.relative_to(package_dir).as_posix()}"
-        if name in embedded:
-            continue
-        if not path.is_file():
-            raise KrError(f"the trainer imports {module}, which is not a module file of kr", "reinstall kr")
-        embedded[name] = path
-        pending.extend(_kaggle_runner_imports(path))
-    if embedded:
-        embedded[f"{_KR}/__init__.py"] = package_dir / "__init__.py"
-    return embedded
+        if isinstance(node, ast.Import) and any(a.name.split(".")[0] == _KR for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == _KR:
+            return True
+    return False
 
 
 def _tar_entry(path: Path, name: str) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -202,36 +192,46 @@ def kernel_owner(config: KrConfig) -> str:
     return "local" if config.backend == "local" else resolve_username(config)
 
 
-def render_script(config: KrConfig, spec: SessionSpec, *, trainer_dir: Path | None = None) -> tuple[str, str]:
-    """The kernel script's text and the sha256 of the trainer archive it embeds."""
+def kernel_settings(config: KrConfig, spec: SessionSpec, archive_sha256: str) -> dict[str, Any]:
+    """What the kernel's ``kr_kernel.main`` gets (kr_kernel.settings.KernelSettings), as plain data."""
     budget, epochs = _check_spec(config, spec)
-    archive = trainer_archive(trainer_dir)
-    digest = hashlib.sha256(archive).hexdigest()
-    expect = None
-    if spec.expect is not None:
-        expect = {"chain": spec.expect.chain, "session": spec.expect.session, "sha256": spec.expect.sha256}
-    context = {
+    return {
         "kr_version": __version__,
-        "chain_id": spec.chain_id,
+        "chain": spec.chain_id,
         "session": spec.session,
-        "expect": expect,
+        "expect": spec.expect.expectation() if spec.expect is not None else None,
         "dataset_sources": list(spec.dataset_sources),
         "budget_s": budget,
         "deadline_margin_s": deadline_margin_s(budget),
         "epochs": epochs,
         "trainer_args": config.trainer.to_argv(),
+        "trainer_sha256": archive_sha256,
         "internet": config.internet,
-        "requirements": KERNEL_REQUIREMENTS,
-        "marker_file": MARKER_FILE,
-        "tarball_file": TARBALL_FILE,
-        "log_file": LOG_FILE,
-        "manifest_member": MANIFEST_MEMBER,
-        "marker_problem_source": textwrap.dedent(inspect.getsource(marker_problem)).rstrip(),
-        "trainer_sha256": digest,
-        "trainer_b64": "\n".join(textwrap.wrap(base64.b64encode(archive).decode("ascii"), _B64_LINE)),
+        "requirements": dict(KERNEL_REQUIREMENTS),
+        "stall_timeout_s": float(getattr(config, "stall_timeout_s", DEFAULT_STALL_TIMEOUT_S)),
+    }
+
+
+def render_script(config: KrConfig, spec: SessionSpec, *, trainer_dir: Path | None = None) -> tuple[str, str]:
+    """The kernel script's text and the sha256 of the archive it embeds."""
+    _check_spec(config, spec)
+    archive = trainer_archive(trainer_dir)
+    digest = hashlib.sha256(archive).hexdigest()
+    context = {
+        "kr_version": __version__,
+        "chain_id": spec.chain_id,
+        "session": spec.session,
+        "settings": _literal(kernel_settings(config, spec, digest)),
+        "archive_sha256": digest,
+        "archive_b64": "\n".join(textwrap.wrap(base64.b64encode(archive).decode("ascii"), _B64_LINE)),
     }
     template = _environment(resources.templates_dir()).get_template(KERNEL_TEMPLATE)
     return template.render(context), digest
+
+
+def _literal(settings: dict[str, Any]) -> str:
+    """A Python dict literal, one key per line in sorted order: deterministic and readable in the script."""
+    return "{\n" + "".join(f"    {key!r}: {settings[key]!r},\n" for key in sorted(settings)) + "}"
 
 
 def kernel_metadata(config: KrConfig, spec: SessionSpec, owner: str) -> dict[str, Any]:

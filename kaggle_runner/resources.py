@@ -29,9 +29,14 @@ def kernel_metadata_dir() -> Path:
     return _data_dir("kernel-metadata")
 
 
-def trainer_source_dir() -> Path:
-    """The source folder of the ``trainer`` package, found without importing it (it imports torch)."""
-    spec = importlib.util.find_spec("trainer")
+def package_source_dir(name: str) -> Path:
+    """The source folder of a top-level package shipped beside kaggle_runner (``trainer``, ``kr_contract``,
+    ``kr_kernel``), found without importing it (the trainer imports torch)."""
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the trainer package is not installed next to kaggle_runner")
+        raise FileNotFoundError(f"the {name} package is not installed next to kaggle_runner")
     return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+def trainer_source_dir() -> Path:
+    return package_source_dir("trainer")

@@ -42,7 +42,8 @@ class Marker:
         if not isinstance(data, dict):
             raise ContractError(f"{MARKER_FILE} is not a JSON object")
         chain, session, sha256 = data.get("chain"), data.get("session"), data.get("sha256")
-        if not isinstance(chain, str) or not _is_int(session) or not isinstance(sha256, str):
+        if not isinstance(chain, str) or not isinstance(session, int) or isinstance(session, bool) \
+                or not isinstance(sha256, str):
             raise ContractError(f"{MARKER_FILE} needs chain (text), session (number) and sha256 (text)")
         epoch, step = data.get("epoch"), data.get("step")
         return cls(chain, session, sha256, epoch if _is_int(epoch) else None, step if _is_int(step) else None)

@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 from kr_contract.atomic import atomic_write_json, read_json_object, sha256_file
 from kr_contract.errors import ContractError
@@ -129,7 +129,7 @@ def pack_tarball(dest: str | os.PathLike[str], members: Mapping[Path, str], *, e
     return manifest
 
 
-def _add_regular(tar: tarfile.TarFile, name: str, size: int, fileobj: BinaryIO) -> None:
+def _add_regular(tar: tarfile.TarFile, name: str, size: int, fileobj: IO[bytes]) -> None:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
@@ -219,7 +219,7 @@ def _member_name(member: tarfile.TarInfo, where: str) -> str | None:
     return match.group(1)
 
 
-def _hash_member(source: BinaryIO, target: Path | None) -> str:
+def _hash_member(source: IO[bytes], target: Path | None) -> str:
     digest = hashlib.sha256()
     sink = open(target, "wb") if target is not None else None  # noqa: SIM115 - closed below
     try:

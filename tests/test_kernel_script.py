@@ -26,6 +26,7 @@ from kaggle_runner import resources
 from kaggle_runner.config import KrConfig, TrainerArgs
 from kaggle_runner.marker import Marker, write_marker
 from kaggle_runner.render import SessionSpec, render_kernel
+from kr_contract.runjson import RUN_FIELDS
 
 OWNER = "someone"
 SLUG = "kr-latex-ocr-checkpoints"
@@ -232,11 +233,12 @@ def test_tarball_with_a_path_outside_is_refused(
 def test_tampered_trainer_archive_is_refused(layout: dict[str, Path], unreachable_trainer: Path) -> None:
     script = render(layout, OFFLINE, resume_spec(None, session=0), unreachable_trainer)
     text = script.read_text()
-    digest = re.search(r"TRAINER_SHA256 = '([0-9a-f]{64})'", text)
+    digest = re.search(r"ARCHIVE_SHA256 = '([0-9a-f]{64})'", text)
     assert digest is not None
     script.write_text(text.replace(digest.group(1), "0" * 64))
     run = assert_stopped_before_trainer(run_script(script, layout), layout, 1, "KR_BAD_SCRIPT")
     assert run["stop_reason"] == "bad_script"
+    assert tuple(sorted(run)) == tuple(sorted(RUN_FIELDS))  # the bootstrap writes the contract's run.json
 
 
 @pytest.mark.parametrize("mount", LAYOUTS)

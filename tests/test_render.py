@@ -21,13 +21,13 @@ from kaggle_runner.config import KrConfig, TrainerArgs, default_config
 from kaggle_runner.errors import KrError, UsageError
 from kaggle_runner.marker import MARKER_FILE, Marker, marker_problem, read_marker, write_marker
 from kaggle_runner.render import (
-    OUTPUT_PATTERN,
     SessionSpec,
     deadline_margin_s,
     render_dataset_metadata,
     render_kernel,
     trainer_archive,
 )
+from kr_contract.names import OUTPUT_PATTERN
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 RESUME = Marker(chain="chain-a", session=2, sha256="ab" * 32)
@@ -95,26 +95,28 @@ def test_trainer_archive_is_sorted_normalised_and_clean(trainer_pkg: Path) -> No
     with tarfile.open(fileobj=gzip.GzipFile(fileobj=io.BytesIO(blob)), mode="r:") as archive:
         members = archive.getmembers()
     names = [m.name for m in members]
-    assert names == ["trainer/__init__.py", "trainer/__main__.py", "trainer/sub/mod.py"]
+    assert names == sorted(names)
+    assert [n for n in names if n.startswith("trainer/")] == [
+        "trainer/__init__.py", "trainer/__main__.py", "trainer/sub/mod.py"
+    ]
     assert {(m.mtime, m.uid, m.gid, m.uname, m.gname, m.mode) for m in members} == {(0, 0, 0, "", "", 0o644)}
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
 
 
-def test_kaggle_runner_modules_the_trainer_imports_are_embedded(trainer_pkg: Path) -> None:
-    (trainer_pkg / "sub" / "save.py").write_text("from kaggle_runner.fsutil import sha256_file\n")
+def test_archive_holds_the_kernel_packages_and_nothing_of_kaggle_runner(trainer_pkg: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(trainer_archive(trainer_pkg))) as archive:
         names = archive.getnames()
-        fsutil = archive.extractfile("kaggle_runner/fsutil.py")
-        assert (
-            fsutil is not None
-            and fsutil.read() == Path(resources.__file__).with_name("fsutil.py").read_bytes()
-        )
-    assert names[:2] == ["kaggle_runner/__init__.py", "kaggle_runner/fsutil.py"]
-    assert "kaggle_runner/config.py" not in names
+        kernel_main = archive.extractfile("kr_kernel/__init__.py")
+        assert kernel_main is not None
+        assert kernel_main.read() == (resources.package_source_dir("kr_kernel") / "__init__.py").read_bytes()
+    assert {name.split("/")[0] for name in names} == {"trainer", "kr_contract", "kr_kernel"}
+    assert "kr_contract/tarball.py" in names and "kr_kernel/watchdog.py" in names
 
 
-def test_trainer_importing_a_missing_kr_module_is_refused(trainer_pkg: Path) -> None:
-    (trainer_pkg / "bad.py").write_text("import kaggle_runner.nonexistent\n")
-    with pytest.raises(KrError, match="kaggle_runner.nonexistent"):
+@pytest.mark.parametrize("line", ["from kaggle_runner.fsutil import sha256_file\n", "import kaggle_runner.nonexistent\n"])
+def test_trainer_importing_kaggle_runner_is_refused(trainer_pkg: Path, line: str) -> None:
+    (trainer_pkg / "sub" / "save.py").write_text(line)
+    with pytest.raises(KrError, match="trainer/sub/save.py imports kaggle_runner"):
         trainer_archive(trainer_pkg)
 
 
@@ -192,10 +194,18 @@ def test_kaggle_backend_without_credentials_is_a_usage_error(tmp_path: Path, tra
     assert not (tmp_path / "out").exists()
 
 
+def script_settings(text: str) -> dict[str, object]:
+    """The SETTINGS literal of a rendered script."""
+    tree = ast.parse(text)
+    (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SETTINGS"]
+    return ast.literal_eval(node.value)
+
+
 def test_script_is_standard_library_python_with_the_session_values(tmp_path: Path, trainer_pkg: Path) -> None:
     config = KrConfig(trainer=TrainerArgs(batch_size=5, extra_args=("--lr", "1e-3")), internet=False)
     rendered = render(config, tmp_path, trainer_pkg)
-    tree = ast.parse(rendered.script_path.read_text())
+    text = rendered.script_path.read_text()
+    tree = ast.parse(text)
     imported = {
         alias.name.split(".")[0]
         for node in ast.walk(tree)
@@ -207,24 +217,21 @@ def test_script_is_standard_library_python_with_the_session_values(tmp_path: Pat
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
-    constants = {
-        node.targets[0].id: node.value
-        for node in tree.body
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
-    }
-    value = {
-        name: ast.literal_eval(node)
-        for name, node in constants.items()
-        if name != "START" and isinstance(node, ast.Constant | ast.List | ast.Dict)
-    }
-    assert value["CHAIN"] == "chain-a" and value["SESSION"] == 3 and value["EPOCHS"] == 2
-    assert value["EXPECT"] == {"chain": "chain-a", "session": 2, "sha256": "ab" * 32}
-    assert value["SESSION_BUDGET_S"] == 600.0 and value["DEADLINE_MARGIN_S"] == deadline_margin_s(600) == 30.0
-    assert value["INTERNET"] is False and value["TRAINER_SHA256"] == rendered.trainer_sha256
-    assert value["TRAINER_ARGS"][:2] == ["--data_name", "synthetic"]
-    args = value["TRAINER_ARGS"]
+    # Only the standard library, and kr_kernel from the archive it unpacks.
+    assert imported - {"kr_kernel"} <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+    value = script_settings(text)
+    assert value["chain"] == "chain-a" and value["session"] == 3 and value["epochs"] == 2
+    assert value["expect"] == {"chain": "chain-a", "session": 2, "sha256": "ab" * 32}
+    assert value["budget_s"] == 600.0 and value["deadline_margin_s"] == deadline_margin_s(600) == 30.0
+    assert value["internet"] is False and value["trainer_sha256"] == rendered.trainer_sha256
+    assert f"ARCHIVE_SHA256 = {rendered.trainer_sha256!r}" in text
+    assert value["trainer_args"][:2] == ["--data_name", "synthetic"]
+    args = value["trainer_args"]
     assert args[-2:] == ["--lr", "1e-3"] and args[args.index("--batch_size") + 1] == "5"
+    from kr_kernel.settings import KernelSettings
+
+    extra = {"source_dir": "/src", "scratch_dir": "/scratch", "started": 0.0}
+    assert KernelSettings.from_mapping({**value, **extra}).stall_timeout_s == 900.0  # the kernel reads them
 
 
 def test_script_passes_the_linter(tmp_path: Path, trainer_pkg: Path) -> None:
@@ -246,7 +253,8 @@ def test_session_values_default_to_the_config(tmp_path: Path, trainer_pkg: Path)
     text = render(
         config, tmp_path, trainer_pkg, budget_s=None, epochs=None, expect=None
     ).script_path.read_text()
-    assert "EPOCHS = 4\n" in text and "SESSION_BUDGET_S = 1234.0\n" in text and "EXPECT = None\n" in text
+    value = script_settings(text)
+    assert value["epochs"] == 4 and value["budget_s"] == 1234.0 and value["expect"] is None
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from kaggle_runner.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
+from kr_contract.atomic import atomic_write_bytes, atomic_write_json, sha256_file
 from trainer import FORMAT_VERSION
 
 CHECKPOINT_DIR = "checkpoints"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kaggle_runner.fsutil import atomic_write_json, sha256_file
+from kr_contract.atomic import atomic_write_json, sha256_file
 from trainer import FORMAT_VERSION, distributed
 from trainer import checkpoint as ckpt
 from trainer.budget import DeadlineError, StopClock, read_env_deadline
