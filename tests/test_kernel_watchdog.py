@@ -178,3 +178,37 @@ def test_poll_and_grace_scale_with_the_timeout(timeout: float) -> None:
     watchdog = Watchdog(Path("."), timeout, log=lambda _: None)
     assert 0.2 <= watchdog.poll_s <= min(10.0, timeout)
     assert 2.0 <= watchdog.grace_s <= 60.0
+
+
+LAUNCHER = textwrap.dedent(
+    """
+    import subprocess, sys
+    # Like torchrun: the worker runs in a session of its own, the launcher waits for it.
+    worker = subprocess.Popen([sys.executable, *sys.argv[1:]], start_new_session=True)
+    sys.exit(worker.wait())
+    """
+)
+
+
+def test_a_worker_in_its_own_session_is_killed_with_its_launcher(tmp_path: Path) -> None:
+    script = tmp_path / "src" / "trainer" / "beating.py"
+    script.parent.mkdir(parents=True)
+    script.write_text(BEATING)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(script), str(tmp_path), "3", "hang"], env=env)
+    stall = Watchdog(tmp_path, timeout_s=2.0, log=lambda _: None, out=lambda _: None).wait(launcher)
+    assert stall is not None and stall.step == 3
+    worker = int((tmp_path / "pid-rank0").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "the worker outlived the watchdog's kill"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))  # a zombie is dead
