@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kr_contract.names import DATA_NAMES
 from trainer.images import ImageSpec, preprocess_batch, worker_context
 from trainer.tokenizer import Vocab
 
-DATA_NAMES = ("small", "full", "synthetic_handwrite", "human_handwrite", "human_handwrite_print", "synthetic")
 SPLITS = ("train", "validation", "test")
 # Other names a split's parquet files go by in local folders.
 SPLIT_ALIASES = {"validation": ("validation", "valid", "val"), "train": ("train",), "test": ("test",)}

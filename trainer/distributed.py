@@ -17,12 +17,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kr_contract.names import STOP_COMPLETED, STOP_DEADLINE, STOP_MAX_STEPS, STOP_SIGNAL, STOP_TIME_BUDGET
 from trainer.runtime import Runtime, RuntimeSetupError, detect_runtime
 
 # Rank 0 validates alone while the others wait in a broadcast: the timeout must outlast a long validation.
 COLLECTIVE_TIMEOUT = timedelta(hours=3)
 # Stop reasons in order of precedence: when ranks disagree, the highest one wins.
-STOP_REASONS = (None, "max_steps", "completed", "time_budget", "deadline", "signal")
+STOP_REASONS = (None, STOP_MAX_STEPS, STOP_COMPLETED, STOP_TIME_BUDGET, STOP_DEADLINE, STOP_SIGNAL)
 
 
 def env_world_size() -> int:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kaggle_runner.fsutil import atomic_write_json, sha256_file
+from kr_contract.atomic import sha256_file
+from kr_contract.runjson import write_trainer_result
 from trainer import FORMAT_VERSION, distributed
 from trainer import checkpoint as ckpt
 from trainer.budget import DeadlineError, StopClock, read_env_deadline
@@ -50,7 +51,6 @@ from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_con
 from trainer.runtime import Runtime, RuntimeSetupError
 from trainer.tokenizer import Vocab
 
-RESULT_NAME = "trainer_result.json"
 MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
 # Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them)...
 IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
@@ -673,7 +673,7 @@ class Trainer:
         if message:
             result["message"] = message
         if self.runtime.is_main_process:
-            atomic_write_json(self.out_dir / RESULT_NAME, result)
+            write_trainer_result(self.out_dir, result)
         return result
 
     def request_stop(self, signum: int, _frame: object) -> None:
