@@ -12,23 +12,29 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import signal
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kr_contract.atomic import sha256_file
+from kr_contract.names import (
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_USAGE,
+    STOP_COMPLETED,
+    STOP_DIVERGED,
+    STOP_MAX_EPOCHS,
+    STOP_MAX_STEPS,
+    STOP_SIGNAL,
+)
 from kr_contract.runjson import write_trainer_result
-from trainer import FORMAT_VERSION, distributed
 from trainer import checkpoint as ckpt
+from trainer import distributed
 from trainer.budget import DeadlineError, StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -43,96 +49,27 @@ from trainer.data import (
     padding_share,
     prepare_split,
 )
-from trainer.images import ImageSpec
 from trainer.inference import decode_part, join_parts
 from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
+from trainer.optim import (
+    MAX_SKIPPED_STEPS,
+    SkippedSteps,
+    TrainingDiverged,
+    build_optimizer,
+    lr_at,
+    new_schedule,
+)
+from trainer.resume import InputError, load_weights, own_rng, plan_resume, position_for_world_size
 from trainer.runtime import Runtime, RuntimeSetupError
+from trainer.saving import SaveTarget, log_saved, save_state
+from trainer.state import LossWindow, Progress, seed_everything, seed_rank, training_state
 from trainer.tokenizer import Vocab
 
-MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
-# Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them)...
-IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
-                 "model_size", "best_metric")
-# ...except these when the command line names them (a deliberate change, e.g. a lower LR after divergence).
-TUNABLE_KEYS = ("lr", "weight_decay", "grad_clip", "label_smoothing", "best_metric")
-
-
-class InputError(Exception):
-    """Bad input found while setting up; one line that says what to do."""
-
+__all__ = ["MAX_SKIPPED_STEPS", "SkippedSteps", "Trainer", "TrainingDiverged", "lr_at", "run"]
 
 INPUT_ERRORS = (InputError, DataError, ckpt.CheckpointError, DeadlineError, RuntimeSetupError)
-# fp16 steps skipped in a row (the gradient not finite at any loss scale) before the run gives up: a normal
-# start skips a handful while the scaler finds its scale.
-MAX_SKIPPED_STEPS = 64
-
-
-class TrainingDiverged(Exception):
-    """The loss or the gradient stopped being finite; nothing of the failing step reached the weights."""
-
-
-@dataclass
-class SkippedSteps:
-    """Counts optimizer steps the fp16 gradient scaler skipped in a row (it lowers its scale when it skips)."""
-
-    in_a_row: int = 0
-
-    def record(self, scale_before: float, scale_after: float) -> bool:
-        """True when too many steps in a row were skipped."""
-        self.in_a_row = self.in_a_row + 1 if scale_after < scale_before else 0
-        return self.in_a_row >= MAX_SKIPPED_STEPS
-
-
-# ------------------------------------------------------------------------------------------ state pieces
-
-
-@dataclass
-class Progress:
-    epoch: int = 0  # completed epochs; the epoch being trained has index `epoch`
-    batch_in_epoch: int = 0  # batches of that epoch already trained
-    global_step: int = 0
-
-
-@dataclass
-class LossWindow:
-    """Train-loss average since the last train line; saved so resumed lines match uninterrupted ones."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    samples: int = 0
-
-    def add(self, loss: float, samples: int) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-        self.samples += samples
-
-
-def lr_at(step: int, schedule: dict[str, float]) -> float:
-    """Linear warmup, then cosine to MIN_LR_RATIO x peak at the horizon; a pure function of the step."""
-    peak, warmup, total = schedule["base_lr"], int(schedule["warmup_steps"]), int(schedule["total_steps"])
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def plain(obj: Any) -> Any:
-    """Dataclass/Path-free copy for a weights_only checkpoint."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ setup
@@ -162,14 +99,12 @@ class Trainer:
     # The order matters for exactness: everything that consumes random numbers (model init) happens
     # before the RNG states are restored from the checkpoint.
     def setup(self) -> None:
-        self.resumed = self._resolve_checkpoint()
-        state = self.resumed.state if self.resumed else None
-        if state is not None:
-            self._adopt_identity(state)
+        plan = plan_resume(self.cfg, self.out_dir, is_main=self.runtime.is_main_process)
+        self.resumed, self.spec, self.overridden = plan.resumed, plan.spec, plan.overridden
+        state = plan.state
         seed_everything(self.cfg.seed)
         self.data_cfg = self._data_config()
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
-        self.spec = self._image_spec(state)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
         self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
@@ -189,82 +124,6 @@ class Trainer:
         # model + two AdamW moments, written, hashed and packed at a cautious 50 MB/s
         state_bytes = 3 * 4 * count_parameters(self.model)
         self.clock.save_guess_s = 1.0 + state_bytes / 50e6
-
-    def _resolve_checkpoint(self) -> ckpt.Resumed | None:
-        if not self.cfg.checkpoint:
-            return None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".kr-resume-", dir=self.out_dir) as scratch:
-            resumed = ckpt.resolve_checkpoint(self.cfg.checkpoint, self.out_dir, Path(scratch))
-            for problem in resumed.skipped if resumed else []:
-                self.log.warning(f"skipped damaged checkpoint: {problem}")
-            if resumed is None:
-                self.log.warning(f"--checkpoint latest: no checkpoint in {self.out_dir}, starting fresh")
-                return None
-            carried = ckpt.carry_best(resumed, self.ckpt_dir)
-            if carried:
-                self.log.info(f"copied {carried.name} from {resumed.origin} into {self.ckpt_dir}")
-        self._warn_if_best(resumed)
-        return resumed
-
-    def _warn_if_best(self, resumed: ckpt.Resumed) -> None:
-        weights_only = ckpt.is_weights_only(resumed.state)
-        if not weights_only and not ckpt.is_best_name(resumed.path.name):
-            return
-        progress = resumed.state["progress"]
-        where = f"epoch {progress['epoch']}, step {progress['global_step']}"
-        sibling = resumed.folder / ckpt.LAST_NAME
-        from_tarball = resumed.origin.name.endswith(".tar.gz")
-        if resumed.skipped:
-            hint = f"no intact {ckpt.LAST_NAME} or other full state was found (skipped above)"
-        elif sibling.is_file() and not from_tarball:
-            hint = f"--checkpoint {sibling} ({ckpt.LAST_NAME}) resumes the latest state exactly"
-        else:
-            hint = f"--checkpoint latest ({ckpt.LAST_NAME}) resumes the latest state exactly"
-        if weights_only:
-            consequence = (f": weights only, so the optimizer and scaler start fresh while the schedule and epoch "
-                           f"count continue from step {progress['global_step']}; the training after the best epoch "
-                           "is thrown away")
-        else:
-            consequence = " throws away the training after the best epoch"
-        self.log.warning(f"resuming from {resumed.path.name} ({where}){consequence}; {hint}")
-
-    def _adopt_identity(self, state: dict[str, Any]) -> None:
-        """The checkpoint's settings, except the tunable ones the command line names (a warning says so)."""
-        saved = state.get("train_config", {})
-        adopted, overridden = [], []
-        for key in IDENTITY_KEYS:
-            if key not in saved or saved[key] == getattr(self.cfg, key):
-                continue
-            if key in TUNABLE_KEYS and key in self.cfg.explicit:
-                overridden.append(f"{key} {saved[key]} -> {getattr(self.cfg, key)}")
-                self.overridden.add(key)
-            else:
-                adopted.append(f"{key}={saved[key]}")
-                setattr(self.cfg, key, saved[key])
-        if adopted:
-            self.log.info("resuming with the checkpoint's settings: " + " ".join(adopted))
-        if overridden:
-            self.log.warning("resuming with the command line's settings instead of the checkpoint's: "
-                             + ", ".join(overridden) + " (the run no longer continues exactly as before)")
-        data = state.get("data_config", {})
-        if data and data.get("data_name") != self.cfg.data_name:
-            raise InputError(f"the checkpoint trained on data_name {data.get('data_name')!r}, not "
-                             f"{self.cfg.data_name!r}: pass --data_name {data.get('data_name')} or start without --checkpoint")
-
-    def _image_spec(self, state: dict[str, Any] | None) -> ImageSpec:
-        """The checkpoint's input geometry when resuming (the model learned it), else the flags'."""
-        if state is None:
-            return ImageSpec(height=self.cfg.image_height, max_width=self.cfg.max_width)
-        spec = ImageSpec(**state["image_spec"])
-        saved = {"image_height": spec.height, "max_width": spec.max_width}
-        ignored = [f"--{key} {getattr(self.cfg, key)}" for key, value in saved.items()
-                   if key in self.cfg.explicit and getattr(self.cfg, key) != value]
-        if ignored:
-            self.log.warning(f"ignoring {', '.join(ignored)}: the checkpoint's model was trained on "
-                             f"{spec.height}x{spec.max_width} images")
-        self.cfg.image_height, self.cfg.max_width = spec.height, spec.max_width
-        return spec
 
     def _data_config(self) -> DataConfig:
         c = self.cfg
@@ -314,11 +173,8 @@ class Trainer:
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.resolved_lr, betas=(0.9, 0.98), fused=self.runtime.is_cuda or None)
+        self.optimizer = build_optimizer(self.model, self.cfg.resolved_lr, self.cfg.weight_decay,
+                                         fused=self.runtime.is_cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.skipped = SkippedSteps()
         self.schedule = state["schedule"] if state else self._new_schedule()
@@ -343,54 +199,28 @@ class Trainer:
 
     def _new_schedule(self) -> dict[str, float]:
         total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
-        warmup = min(self.cfg.warmup_steps, total // 5)
-        return {"base_lr": self.cfg.resolved_lr, "warmup_steps": warmup, "total_steps": total}
+        return new_schedule(self.cfg.resolved_lr, self.cfg.warmup_steps, total)
 
     def _restore(self, state: dict[str, Any]) -> None:
         """A full state resumes exactly. A weights-only BEST_ restarts from its weights with the fresh optimizer
         and scaler built above, the RNGs as seeded, and its progress (saved at an epoch end: the next epoch's
         data order and the schedule continue from its step)."""
-        weights_only = ckpt.is_weights_only(state)
-        try:
-            self.model.load_state_dict(state["model"])
-            if not weights_only:
-                self.optimizer.load_state_dict(state["optimizer"])
-                if "weight_decay" in self.overridden:  # the saved param groups carry the old value
-                    self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay
-            if state.get("scaler") and self.use_amp:
-                self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ckpt.CheckpointError(f"{self.resumed.path if self.resumed else '?'} does not fit this model "
-                                       f"({str(exc).splitlines()[0][:160]}): use a checkpoint this trainer wrote") from None
-        self.progress = self._progress_for_world_size(state)
+        load_weights(state, self.model, self.optimizer, self.scaler,
+                     weight_decay=self.cfg.weight_decay if "weight_decay" in self.overridden else None,
+                     where=self.resumed.path if self.resumed else "?")
+        self.progress = position_for_world_size(state, self.runtime.world_size, self.steps_per_epoch)
         self.window = LossWindow(**state.get("loss_window", {}))
         self.best = state.get("best")
         self.last_val = state.get("last_val")
         self.last_train_loss = state.get("train_loss")
-        if weights_only:
+        if ckpt.is_weights_only(state):
             self.dirty = True  # last.pth.tar, if any, holds another state
             return
-        ckpt.restore_rng(self._own_rng(state))
+        rng, reseed = own_rng(state, self.runtime.rank, self.runtime.world_size)
+        ckpt.restore_rng(rng)
+        if reseed:
+            seed_rank(self.cfg.seed, self.runtime.rank, self.progress.global_step)
         self.dirty = not (self.ckpt_dir / ckpt.LAST_NAME).exists() or not (self.out_dir / ckpt.TARBALL_NAME).exists()
-
-    def _progress_for_world_size(self, state: dict[str, Any]) -> Progress:
-        """The saved position; saved with another process count, the position in the epoch is converted to
-        the same share of the epoch (exact only when the count is unchanged)."""
-        progress = Progress(**state["progress"])
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.runtime.world_size and progress.batch_in_epoch:
-            converted = progress.batch_in_epoch * saved_world // self.runtime.world_size
-            progress.batch_in_epoch = min(converted, self.steps_per_epoch)
-            self.log.info(f"checkpoint written by {saved_world} processes, resuming with "
-                          f"{self.runtime.world_size}: batch {progress.batch_in_epoch} of the epoch")
-        return progress
-
-    def _own_rng(self, state: dict[str, Any]) -> dict[str, Any]:
-        """This rank's saved RNG states when the process count is unchanged, else rank 0's."""
-        by_rank = state.get("rng_by_rank") or []
-        if len(by_rank) == self.runtime.world_size:
-            return by_rank[self.runtime.rank]
-        return state["rng"]
 
     def _log_start(self) -> None:
         p = self.progress
@@ -450,11 +280,11 @@ class Trainer:
     def _stop_reason(self) -> str | None:
         """Why to stop before the next step, if at all."""
         if self.stop_signal is not None:
-            return "signal"
+            return STOP_SIGNAL
         if self.cfg.max_steps is not None and self.steps_done >= self.cfg.max_steps:
-            return "max_steps"
+            return STOP_MAX_STEPS
         if self.progress.global_step >= self.schedule["total_steps"]:
-            return "completed"
+            return STOP_COMPLETED
         ends_epoch = self.progress.batch_in_epoch + 1 >= self.steps_per_epoch
         if not self.clock.room_for_step(ends_epoch):
             return self.clock.reason
@@ -520,7 +350,7 @@ class Trainer:
     def _finish_epoch(self) -> str | None:
         """Validate, then count the epoch and save its checkpoint. A stop request during validation leaves the
         epoch pending (the next run validates it)."""
-        signalled, _ = distributed.agree_stop(self.runtime, "signal" if self.stop_signal is not None else None, False)
+        signalled, _ = distributed.agree_stop(self.runtime, STOP_SIGNAL if self.stop_signal is not None else None, False)
         if signalled:
             return signalled
         began = time.time()
@@ -540,7 +370,7 @@ class Trainer:
             self.best = dict(self.last_val)
         self._save(epoch_file=True, best_file=improved)
         if self.cfg.max_epochs is not None and self.epochs_done >= self.cfg.max_epochs:
-            return "max_epochs"
+            return STOP_MAX_EPOCHS
         return None
 
     def _validate(self) -> tuple[dict[str, float] | None, str]:
@@ -557,7 +387,7 @@ class Trainer:
         parts = distributed.gather_to_main(self.runtime, part)
         if not all(p.complete for p in parts):
             self.log.info("validation interrupted; the next run validates this epoch")
-            local = "signal" if self.stop_signal is not None else self.clock.reason
+            local = STOP_SIGNAL if self.stop_signal is not None else self.clock.reason
             return None, distributed.agree_stop(self.runtime, local, False)[0] or local
         metrics: dict[str, float] | None = None
         if self.runtime.is_main_process:
@@ -581,81 +411,27 @@ class Trainer:
         """Every rank calls this together (it gathers the ranks' RNG states); rank 0 writes."""
         began = time.time()
         rng_by_rank = distributed.gather_to_main(self.runtime, ckpt.capture_rng())
-        if not self.runtime.is_main_process:
-            self.dirty = False
-            self.last_save_time = time.time()
-            return
-        state = self._state(rng_by_rank)
-        data = ckpt.serialize(state)
-        digest = ckpt.sha256_bytes(data)
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        hashes = dict(ckpt.read_manifest(self.ckpt_dir)["files"])
-        last = self.ckpt_dir / ckpt.LAST_NAME
-        written = []
-        if epoch_file:
-            name = ckpt.epoch_file_name(self.tag, self.cfg.data_name, self.progress.epoch)
-            ckpt.write_checkpoint(self.ckpt_dir, name, data)
-            ckpt.link_or_copy(self.ckpt_dir / name, last)
-            hashes[name] = digest
-            written.append(("epoch", name))
-        else:
-            ckpt.write_checkpoint(self.ckpt_dir, ckpt.LAST_NAME, data)
-        hashes[ckpt.LAST_NAME] = digest
-        written.append(("last", ckpt.LAST_NAME))
-        best = self.ckpt_dir / ckpt.best_file_name(self.tag, self.cfg.data_name)
-        if best_file:
-            hashes[best.name] = self._write_best(best, state)
-            written.append(("best", best.name))
-        self._write_manifest(hashes)
-        members = {last: digest} | ({best: hashes[best.name]} if best.name in hashes else {})
-        tarball = ckpt.pack(self.out_dir, members, self.progress.epoch, self.progress.global_step,
-                            self.cfg.keep_tarballs)
+        if self.runtime.is_main_process:
+            saved = save_state(self._save_target(), self._state(rng_by_rank),
+                               epoch=self.progress.epoch if epoch_file else None, best=best_file)
         self.dirty = False
         self.last_save_time = time.time()
+        if not self.runtime.is_main_process:
+            return
         self.clock.record_save(self.last_save_time - began)
         self.window_started += self.last_save_time - began
-        for kind, name in written:
-            log_metrics("checkpoint", kind=kind, path=f"{ckpt.CHECKPOINT_DIR}/{name}", epoch=self.progress.epoch,
-                        step=self.progress.global_step)
-        log_metrics("tarball", path=tarball.name, epoch=self.progress.epoch, step=self.progress.global_step,
-                    seconds=self.last_save_time - began)
+        log_saved(saved, self.progress.epoch, self.progress.global_step, self.last_save_time - began)
 
-    def _write_best(self, best: Path, state: dict[str, Any]) -> str:
-        """BEST_ holds weights only (inference and a restart from them need no optimizer); returns its sha256."""
-        data = ckpt.serialize(ckpt.weights_only(state))
-        ckpt.write_checkpoint(self.ckpt_dir, best.name, data)
-        return ckpt.sha256_bytes(data)
-
-    def _write_manifest(self, hashes: dict[str, str]) -> None:
-        ckpt.prune_epoch_files(self.ckpt_dir, self.cfg.keep_epochs)
-        present = {p.name for p in self.ckpt_dir.glob("*.pth.tar")}
-        hashes = {name: digest for name, digest in hashes.items() if name in present}
-        for name in present - hashes.keys():  # e.g. a BEST_ carried over from the resumed tarball
-            hashes[name] = sha256_file(self.ckpt_dir / name)
-        ckpt.write_manifest(self.ckpt_dir, hashes, self.progress.epoch, self.progress.global_step)
+    def _save_target(self) -> SaveTarget:
+        return SaveTarget(self.out_dir, self.tag, self.cfg.data_name, self.cfg.keep_epochs, self.cfg.keep_tarballs)
 
     def _state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "model_config": self.model.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.use_amp else {},
-            "schedule": dict(self.schedule),
-            "rng": rng_by_rank[0],
-            "rng_by_rank": rng_by_rank,  # one per process; a different process count resumes with rank 0's
-            "world_size": self.runtime.world_size,
-            "progress": asdict(self.progress),
-            "loss_window": asdict(self.window),
-            "train_loss": self.last_train_loss,
-            "best": self.best,
-            "last_val": self.last_val,
-            "vocab": self.vocab.to_list(),
-            "image_spec": asdict(self.spec),
-            "data_config": plain(asdict(self.data_cfg)),
-            "train_config": plain(self.cfg.to_dict()),
-            "saved_at": time.time(),
-        }
+        return training_state(
+            model=self.model, model_config=self.model.cfg.to_dict(), optimizer=self.optimizer,
+            scaler=self.scaler.state_dict() if self.use_amp else {}, schedule=self.schedule,
+            rng_by_rank=rng_by_rank, progress=self.progress, window=self.window, train_loss=self.last_train_loss,
+            best=self.best, last_val=self.last_val, vocab=self.vocab.to_list(), image_spec=asdict(self.spec),
+            data_config=asdict(self.data_cfg), train_config=self.cfg.to_dict())
 
     # ---------------------------------------------------------------------------------------- finish
 
@@ -691,12 +467,12 @@ def run(cfg: TrainConfig, start: float) -> int:
         runtime = distributed.init_runtime(cfg.device)
     except RuntimeSetupError as exc:
         sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return EXIT_USAGE
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process, rank=runtime.rank)
     previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    code = 1
+    code = EXIT_CRASH
     try:
         code = _setup_and_train(cfg, runtime, start, log)
         return code
@@ -704,7 +480,7 @@ def run(cfg: TrainConfig, start: float) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         close_logging()
-        distributed.shutdown(clean=code == 0)
+        distributed.shutdown(clean=code == EXIT_OK)
 
 
 def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:
@@ -717,7 +493,7 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
         return _input_error(exc)
     except Exception:
         log.exception("crashed while setting up")
-        return 1
+        return EXIT_CRASH
     try:
         trainer.run()
     except TrainingDiverged as exc:
@@ -727,12 +503,12 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
         message = (f"diverged at step {trainer.progress.global_step}: {exc}; {advice} with a lower --lr"
                    + (" or --no_amp" if trainer.use_amp else ""))
         log.error(message)
-        trainer._finish("diverged", message)  # trainer_result.json tells the kernel (and kr chain) why
-        return 1
+        trainer._finish(STOP_DIVERGED, message)  # trainer_result.json tells the kernel (and kr chain) why
+        return EXIT_CRASH
     except Exception:
         log.exception(f"crashed at step {trainer.progress.global_step}")
-        return 1
-    return 0
+        return EXIT_CRASH
+    return EXIT_OK
 
 
 def _input_error(exc: BaseException) -> int:
@@ -740,4 +516,4 @@ def _input_error(exc: BaseException) -> int:
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     get_logger().error(f"input error: {message}")
     sys.stderr.write(f"error: {message}\n")
-    return 2
+    return EXIT_USAGE
