@@ -9,11 +9,8 @@ same numbers as one that never stopped.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
 import signal
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,34 +20,28 @@ import torch
 import torch.nn.functional as F
 
 from kr_contract.names import (
-    EXIT_CRASH,
-    EXIT_OK,
-    EXIT_USAGE,
     STOP_COMPLETED,
-    STOP_DIVERGED,
     STOP_MAX_EPOCHS,
     STOP_MAX_STEPS,
     STOP_SIGNAL,
 )
 from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
-from trainer import distributed
-from trainer.budget import DeadlineError, StopClock, read_env_deadline
+from trainer import distributed, splits, watch
+from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
     Batch,
-    DataConfig,
-    DataError,
     OcrDataset,
     PreparedSplit,
     WidthBucketSampler,
     collate,
-    load_texts_and_images,
     padding_share,
-    prepare_split,
 )
+from trainer.exchange import SplitExchange
 from trainer.inference import decode_part, join_parts
-from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
+from trainer.loader import batches, build_loader
+from trainer.logs import get_logger, log_metrics
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
 from trainer.optim import (
@@ -61,16 +52,13 @@ from trainer.optim import (
     lr_at,
     new_schedule,
 )
-from trainer.resume import InputError, load_weights, own_rng, plan_resume, position_for_world_size
-from trainer.runtime import Runtime, RuntimeSetupError
+from trainer.resume import load_weights, own_rng, plan_resume, position_for_world_size
+from trainer.runtime import Runtime
 from trainer.saving import SaveTarget, log_saved, save_state
-from trainer.state import LossWindow, Progress, seed_everything, seed_rank, training_state
+from trainer.state import LossWindow, Progress, rank_seed, seed_everything, seed_rank, training_state
 from trainer.tokenizer import Vocab
 
 __all__ = ["MAX_SKIPPED_STEPS", "SkippedSteps", "Trainer", "TrainingDiverged", "lr_at", "run"]
-
-INPUT_ERRORS = (InputError, DataError, ckpt.CheckpointError, DeadlineError, RuntimeSetupError)
-
 
 # ------------------------------------------------------------------------------------------------ setup
 
@@ -98,12 +86,18 @@ class Trainer:
 
     # The order matters for exactness: everything that consumes random numbers (model init) happens
     # before the RNG states are restored from the checkpoint.
+    # Model init is identical on every rank; each rank's own stream (dropout, its loader's worker seeds) is
+    # offset from rank 1 on, rank 0's being a one-process run's (trainer/state.py rank_seed).
     def setup(self) -> None:
+        self.exchange = SplitExchange.for_job(self.runtime.rank, self.runtime.world_size)
+        if self.exchange is not None:
+            self.exchange.announce()
+        watch.beat("start", detail="resume" if self.cfg.checkpoint else "fresh")
         plan = plan_resume(self.cfg, self.out_dir, is_main=self.runtime.is_main_process)
         self.resumed, self.spec, self.overridden = plan.resumed, plan.spec, plan.overridden
         state = plan.state
         seed_everything(self.cfg.seed)
-        self.data_cfg = self._data_config()
+        self.data_cfg = splits.data_config(self.cfg)
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
@@ -111,11 +105,15 @@ class Trainer:
                                           rank=self.runtime.rank, world_size=self.runtime.world_size)
         self.steps_per_epoch = len(self.sampler)
         self._build_model(state)
+        seed_rank(self.cfg.seed, self.runtime.rank)
         if state is not None:
             self._restore(state)
         self._wrap_for_training()
         self._prime_clock()
         self._log_start()
+        if self.exchange is not None:  # every rank has mapped the shared splits: their files can go
+            distributed.barrier(self.runtime)
+            self.exchange.remove()
 
     def _prime_clock(self) -> None:
         """Guesses that stand until validation and saving have been timed once in this run."""
@@ -125,45 +123,17 @@ class Trainer:
         state_bytes = 3 * 4 * count_parameters(self.model)
         self.clock.save_guess_s = 1.0 + state_bytes / 50e6
 
-    def _data_config(self) -> DataConfig:
-        c = self.cfg
-        return DataConfig(data_name=c.data_name, use_huggingface=c.resolved_use_huggingface, hf_repo=c.hf_repo,
-                          data_dir=c.data_dir, cache_dir=c.cache_dir, synthetic_train=c.synthetic_train,
-                          synthetic_val=c.synthetic_val, synthetic_test=c.synthetic_test, seed=c.seed)
-
     def _load_train(self, state: dict[str, Any] | None) -> tuple[Vocab, PreparedSplit]:
-        texts, images = load_texts_and_images(self.data_cfg, "train")
-        vocab = Vocab.from_list(state["vocab"]) if state else Vocab.build(texts)
-        split = prepare_split(texts, images, vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
-        self._log_data_report("train", split)
-        return vocab, split
+        procs = splits.prepare_procs(self.runtime.world_size, self.exchange)
+        split, vocab = splits.shared(self.exchange, "train", lambda: splits.load_train(
+            self.cfg, self.data_cfg, self.spec, state["vocab"] if state else None, procs))
+        assert vocab is not None  # the train split always carries its vocabulary
+        return Vocab.from_list(vocab), split
 
     def _load_validation(self) -> PreparedSplit:
-        texts, images = load_texts_and_images(self.data_cfg, "validation")
-        if self.cfg.val_max_samples:
-            texts, images = texts[: self.cfg.val_max_samples], images[: self.cfg.val_max_samples]
-        split = prepare_split(texts, images, self.vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
-        self._log_data_report("validation", split)
-        if len(split) == 0:
-            raise DataError("no readable image in the validation split: check the data source")
-        return split
-
-    def _prepare_procs(self) -> int:
-        """Decoding processes: the session's CPUs, shared among the DDP ranks (each prepares every split)."""
-        return max(1, (os.cpu_count() or 1) // self.runtime.world_size)
-
-    def _log_data_report(self, name: str, split: PreparedSplit) -> None:
-        log_metrics("data", split=name, **split.report)
-        for message in split.errors:
-            self.log.warning(f"{name}: unreadable image left out: {message}")
-        if split.report.get("shrunk_to_fit"):
-            self.log.warning(f"{name}: {split.report['shrunk_to_fit']} images were larger than the model input "
-                             f"({self.spec.height}x{self.spec.max_width}) and were shrunk to fit")
-        if split.report.get("truncated_targets"):
-            self.log.warning(f"{name}: {split.report['truncated_targets']} formulas are longer than "
-                             f"--max_target_len {self.cfg.max_target_len} tokens and were cut for training")
-        if len(split) == 0:
-            raise DataError(f"no readable image in the {name} split: check the data source")
+        procs = splits.prepare_procs(self.runtime.world_size, self.exchange)
+        return splits.shared(self.exchange, "validation", lambda: splits.load_validation(
+            self.cfg, self.data_cfg, self.spec, self.vocab, procs))[0]
 
     def _build_model(self, state: dict[str, Any] | None) -> None:
         if state is not None:
@@ -255,7 +225,7 @@ class Trainer:
             if reason:
                 return reason
             self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
-            for batch in loader:
+            for batch in batches(loader):
                 self._train_step(batch)
                 reason = self._agreed_stop_reason(after_step=True)
                 if reason:
@@ -263,11 +233,9 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
-        workers = self.cfg.num_workers
-        return torch.utils.data.DataLoader(
-            OcrDataset(self.train_split), batch_sampler=self.sampler, collate_fn=collate,
-            num_workers=workers, pin_memory=self.runtime.is_cuda, persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(self.cfg.seed))
+        return build_loader(OcrDataset(self.train_split), self.sampler, workers=self.cfg.num_workers,
+                            pin_memory=self.runtime.is_cuda, seed=rank_seed(self.cfg.seed, self.runtime.rank),
+                            timeout_s=watch.loader_timeout_s(), collate_fn=collate)
 
     def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
         """Why to stop, agreed by every rank; after a step, also a periodic save when one is due on any rank."""
@@ -308,6 +276,7 @@ class Trainer:
         self.dirty = True
         self.window.add(loss_value, len(batch))
         self.clock.record_step(time.time() - began)
+        watch.beat("train", step=self.progress.global_step, epoch=self.progress.epoch + 1)
         if self.progress.global_step % self.cfg.log_every == 0 or self.progress.batch_in_epoch >= self.steps_per_epoch:
             self._log_train(lr)
 
@@ -376,7 +345,12 @@ class Trainer:
     def _validate(self) -> tuple[dict[str, float] | None, str]:
         """Every rank decodes its share of the validation batches; rank 0 scores the whole split and every rank
         acts on its outcome: the metrics, or None and why it stopped."""
+        decoded = 0
+
         def should_continue() -> bool:
+            nonlocal decoded
+            watch.beat("validate", step=self.progress.global_step, epoch=self.progress.epoch, batches=decoded)
+            decoded += 1
             return self.stop_signal is None and self.clock.room_for(self.clock.step_estimate())
 
         # Each rank's BatchNorm running statistics moved with its own last batch: validate with rank 0's,
@@ -410,6 +384,7 @@ class Trainer:
     def _save(self, *, epoch_file: bool, best_file: bool) -> None:
         """Every rank calls this together (it gathers the ranks' RNG states); rank 0 writes."""
         began = time.time()
+        watch.beat("save", step=self.progress.global_step, epoch=self.progress.epoch, force=True)
         rng_by_rank = distributed.gather_to_main(self.runtime, ckpt.capture_rng())
         if self.runtime.is_main_process:
             saved = save_state(self._save_target(), self._state(rng_by_rank),
@@ -450,6 +425,7 @@ class Trainer:
             result["message"] = message
         if self.runtime.is_main_process:
             write_trainer_result(self.out_dir, result)
+        watch.beat("stop", step=p.global_step, epoch=p.epoch, force=True, reason=reason)
         return result
 
     def request_stop(self, signum: int, _frame: object) -> None:
@@ -462,58 +438,7 @@ class Trainer:
 
 
 def run(cfg: TrainConfig, start: float) -> int:
-    """Train as configured; returns the process exit code (docs/architecture.md §2)."""
-    try:
-        runtime = distributed.init_runtime(cfg.device)
-    except RuntimeSetupError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_USAGE
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process, rank=runtime.rank)
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    code = EXIT_CRASH
-    try:
-        code = _setup_and_train(cfg, runtime, start, log)
-        return code
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        close_logging()
-        distributed.shutdown(clean=code == EXIT_OK)
+    """Train as configured; returns the process exit code (trainer/entry.py, docs/architecture.md §2)."""
+    from trainer.entry import run_training  # the process around the loop; it imports this module
 
-
-def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:
-    try:
-        trainer = Trainer(cfg, runtime, start)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, trainer.request_stop)
-        trainer.setup()
-    except INPUT_ERRORS as exc:
-        return _input_error(exc)
-    except Exception:
-        log.exception("crashed while setting up")
-        return EXIT_CRASH
-    try:
-        trainer.run()
-    except TrainingDiverged as exc:
-        saved = (trainer.ckpt_dir / ckpt.LAST_NAME).is_file()
-        advice = ("nothing was saved after the last checkpoint; resume from it" if saved else
-                  "no checkpoint was saved yet; start again")
-        message = (f"diverged at step {trainer.progress.global_step}: {exc}; {advice} with a lower --lr"
-                   + (" or --no_amp" if trainer.use_amp else ""))
-        log.error(message)
-        trainer._finish(STOP_DIVERGED, message)  # trainer_result.json tells the kernel (and kr chain) why
-        return EXIT_CRASH
-    except Exception:
-        log.exception(f"crashed at step {trainer.progress.global_step}")
-        return EXIT_CRASH
-    return EXIT_OK
-
-
-def _input_error(exc: BaseException) -> int:
-    """One line on stderr (and in the log), exit code 2; nothing saved has been touched."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    get_logger().error(f"input error: {message}")
-    sys.stderr.write(f"error: {message}\n")
-    return EXIT_USAGE
+    return run_training(cfg, start)
