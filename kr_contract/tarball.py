@@ -146,11 +146,12 @@ def verify_tarball(path: str | os.PathLike[str]) -> Manifest:
 
 
 def extract_tarball(path: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Verify and extract into ``dest/checkpoints`` (returned). On ContractError, what was extracted stays in
-    ``dest`` for the caller to remove (it is the caller's scratch folder)."""
+    """Verify and extract into ``dest/checkpoints`` (returned), its MANIFEST.json included, so that the folder
+    is one ``verify_folder`` accepts and a reader can check each file's sha256 again. On ContractError, what was
+    extracted stays in ``dest`` for the caller to remove (it is the caller's scratch folder)."""
     folder = Path(dest) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    _read_tarball(Path(path), folder)
+    write_manifest(folder, _read_tarball(Path(path), folder))
     return folder
 
 

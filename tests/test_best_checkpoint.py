@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from kr_contract.errors import ContractError
 from tests.trainer_support import assert_same_tensors, load_state, metric_lines, result, tiny_args
 from trainer import checkpoint as ckpt
 from trainer import evaluate
@@ -95,17 +96,19 @@ def test_resume_from_best_restarts_from_its_weights_with_a_fresh_optimizer(out: 
     assert f"--checkpoint {out / 'checkpoints' / 'last.pth.tar'}" in warned[0]
 
 
-def test_a_tarball_holding_only_best_restarts_from_it(out: Path, tmp_path: Path) -> None:
+def test_a_folder_holding_only_best_restarts_from_it_and_a_tarball_must_hold_last(out: Path, tmp_path: Path) -> None:
     source = tmp_path / "only-best"
     (source / "checkpoints").mkdir(parents=True)
     best_path = shutil.copy(out / "checkpoints" / BEST, source / "checkpoints" / BEST)
-    tarball = ckpt.pack(source, {Path(best_path): ckpt.sha256_file(Path(best_path))}, 1, 4, keep_timestamped=1)
+    # The one tarball verifier (kr_contract) refuses a tarball without last.pth.tar: the trainer never packs one.
+    with pytest.raises(ContractError, match="does not list last.pth.tar"):
+        ckpt.pack(source, {Path(best_path): ckpt.sha256_file(Path(best_path))}, 1, 4, keep_timestamped=1)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    resumed = ckpt.load_candidate(tarball, scratch)
+    resumed = ckpt.load_candidate(source, scratch)
     assert resumed.path.name == BEST and ckpt.is_weights_only(resumed.state)
     assert_same_tensors(resumed.state["model"], load_state(out / "checkpoints" / BEST)["model"], "model")
-    assert train(tiny_args(out, "--checkpoint", str(tarball), "--max_steps", "1")) == 0
+    assert train(tiny_args(out, "--checkpoint", str(source), "--max_steps", "1")) == 0
     assert result(out)["step"] == 5
     assert any("weights only" in line and "--checkpoint latest" in line for line in warnings(out))
 

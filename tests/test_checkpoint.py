@@ -143,7 +143,7 @@ def test_damaged_tarballs_are_detected(tmp_path: Path) -> None:
         info = tarfile.TarInfo("../escape.txt")
         info.size = 1
         dst.addfile(info, io.BytesIO(b"x"))
-    with pytest.raises(ckpt.CheckpointError, match="unexpected tarball member"):
+    with pytest.raises(ckpt.CheckpointError, match="unexpected member"):
         ckpt.extract_tarball(evil, tmp_path / "c")
     assert not (tmp_path / "escape.txt").exists()
 

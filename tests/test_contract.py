@@ -72,6 +72,7 @@ def test_packed_tarball_verifies_and_extracts(tmp_path: Path) -> None:
     assert set(manifest.files) == {names.LAST_CHECKPOINT, "BEST_checkpoint_local_synthetic.pth.tar"}
     folder = extract_tarball(tarball, tmp_path / "out")
     assert (folder / names.LAST_CHECKPOINT).read_bytes() == b"last state" * 30000
+    assert verify_folder(folder) == manifest  # the extracted folder carries its MANIFEST.json
     assert tarball_manifest(tarball) == manifest
     with tarfile.open(tarball, "r:gz") as tar:  # plain tar can read it
         assert names.MANIFEST_MEMBER in tar.getnames()

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,94 @@ def test_checkpoints_move_between_one_and_two_processes(tmp_path: Path, shared_c
     assert result(one)["step"] == 6
     state = load_state(one / "checkpoints" / "last.pth.tar")
     assert state["world_size"] == 2 and len(state["rng_by_rank"]) == 2
+
+
+# Trains like `python -m trainer`; after set-up each rank records how often it loaded and prepared a split,
+# whether its pixels are mapped from rank 0's files, the state of its torch RNG, and the shared folder.
+RANK_SETUP_SCRIPT = """
+import hashlib, json, sys, time
+from pathlib import Path
+import numpy as np, torch
+from trainer import splits, train
+from trainer.config import parse_args
+
+calls = {"train": 0, "validation": 0}
+for split in calls:
+    def counted(*args, _split=split, _load=getattr(splits, "load_" + split), **kwargs):
+        calls[_split] += 1
+        return _load(*args, **kwargs)
+    setattr(splits, "load_" + split, counted)
+original_setup = train.Trainer.setup
+def recording_setup(self):
+    original_setup(self)
+    record = {"prepared": calls, "mapped": isinstance(self.train_split.images.flat, np.memmap),
+              "val_mapped": isinstance(self.val_split.images.flat, np.memmap),
+              "rng": hashlib.sha256(torch.get_rng_state().numpy().tobytes()).hexdigest(),
+              "loader_seed": self._loader().generator.initial_seed(),
+              "shared_folder": str(self.exchange.folder) if self.exchange else None}
+    Path(self.cfg.out_dir, f"setup-rank{self.runtime.rank}.json").write_text(json.dumps(record))
+train.Trainer.setup = recording_setup
+sys.exit(train.run(parse_args(sys.argv[1:]), time.time()))
+"""
+
+
+def test_rank_0_prepares_once_for_both_and_each_rank_draws_its_own_numbers(tmp_path: Path, shared_cache_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    script = tmp_path / "setup.py"
+    script.write_text(RANK_SETUP_SCRIPT)
+    watchdog = tmp_path / "watchdog"
+    monkeypatch.setenv("KR_WATCHDOG_DIR", str(watchdog))
+    two, one = tmp_path / "two", tmp_path / "one"
+    torchrun([str(script)], tiny_args(two, "--max_steps", "2", cache_dir=shared_cache_dir))
+    ranks = [json.loads((two / f"setup-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["prepared"] == {"train": 1, "validation": 1}
+    assert ranks[1]["prepared"] == {"train": 0, "validation": 0}  # it mapped rank 0's files instead
+    assert all(r["mapped"] and r["val_mapped"] for r in ranks)
+    assert ranks[0]["shared_folder"] == ranks[1]["shared_folder"] and not Path(ranks[0]["shared_folder"]).exists()
+    assert ranks[0]["rng"] != ranks[1]["rng"] and ranks[0]["loader_seed"] != ranks[1]["loader_seed"]
+    assert {p.name for p in watchdog.iterdir()} >= {"pid-rank0", "pid-rank1", "stacks-rank0.txt", "stacks-rank1.txt"}
+
+    # One process: rank 0's stream is a one-process run's.
+    env = trainer_env() | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(script), *tiny_args(one, "--max_steps", "2", cache_dir=shared_cache_dir),
+                           "--device", "cpu"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = json.loads((one / "setup-rank0.json").read_text())
+    assert single["rng"] == ranks[0]["rng"] and single["loader_seed"] == ranks[0]["loader_seed"]
+    assert single["prepared"] == ranks[0]["prepared"] and not single["mapped"]
+
+
+# Rank 1 stops answering in its third training step (a stuck kernel, a dead link) until torchrun stops it
+# (SIGTERM, once rank 0 failed: a rank that ignored it would cost torchrun's 30 s grace more); rank 0 waits in
+# the step's gradient all-reduce.
+RANK_HANG_SCRIPT = """
+import sys, time
+from trainer import train
+from trainer.config import parse_args
+
+original = train.Trainer._train_step
+def hang_on_rank_1(self, batch):
+    if self.runtime.rank == 1 and self.progress.global_step == 2:
+        while self.stop_signal is None:
+            time.sleep(0.1)
+        sys.exit(1)
+    return original(self, batch)
+train.Trainer._train_step = hang_on_rank_1
+sys.exit(train.run(parse_args(sys.argv[1:]), time.time()))
+"""
+
+
+def test_a_rank_that_stops_answering_ends_the_run_at_the_collective_timeout(tmp_path: Path, shared_cache_dir: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process group's timeout is two thirds of the watchdog's stall timeout (15 s here: 10 s)."""
+    monkeypatch.setenv("KR_STALL_TIMEOUT_S", "15")
+    script = tmp_path / "hang.py"
+    script.write_text(RANK_HANG_SCRIPT)
+    out = tmp_path / "out"
+    began = time.monotonic()
+    done = torchrun([str(script)], tiny_args(out, "--max_steps", "6", cache_dir=shared_cache_dir), succeed=False,
+                    timeout=150)
+    assert done.returncode != 0
+    log = (out / "training.log").read_text()
+    assert "crashed at step 2" in log and "Traceback" in log
+    assert time.monotonic() - began < 90  # 10 s of timeout, not a hang

@@ -10,6 +10,9 @@ PROCESS_START = time.time()
 
 
 def main(argv: list[str] | None = None) -> int:
+    from trainer import watch  # stdlib and kr_contract only
+
+    watch.start()  # pid file, stack dumps and the first heartbeat, before the seconds torch takes to import
     from trainer.config import parse_args
 
     cfg = parse_args(sys.argv[1:] if argv is None else argv)

@@ -12,7 +12,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-DEADLINE_ENV = "KR_DEADLINE"
+from kr_contract.names import ENV_DEADLINE as DEADLINE_ENV
+from kr_contract.names import STOP_COMPLETED, STOP_DEADLINE, STOP_TIME_BUDGET
+
 MIN_MARGIN_S = 2.0
 MAX_MARGIN_S = 120.0
 MARGIN_SHARE = 0.005  # of the whole span: 3.6 min of a 12-hour session, capped at MAX_MARGIN_S
@@ -50,11 +52,11 @@ class StopClock:
     def create(cls, start: float, time_budget: float | None, env_deadline: float | None) -> StopClock:
         candidates = []
         if time_budget is not None:
-            candidates.append((start + time_budget, "time_budget"))
+            candidates.append((start + time_budget, STOP_TIME_BUDGET))
         if env_deadline is not None:
-            candidates.append((env_deadline, "deadline"))
+            candidates.append((env_deadline, STOP_DEADLINE))
         if not candidates:
-            return cls(deadline=None, reason="completed")
+            return cls(deadline=None, reason=STOP_COMPLETED)
         deadline, reason = min(candidates)
         margin = min(MAX_MARGIN_S, max(MIN_MARGIN_S, MARGIN_SHARE * (deadline - start)))
         return cls(deadline=deadline, reason=reason, margin_s=margin)

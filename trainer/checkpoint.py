@@ -15,19 +15,19 @@ so it is about a third of a full state and each chain link moves a third less da
 that change are full states and still load.
 
 Every file is written to a temp file and renamed. The manifest lets a reader tell a corrupt file from a good
-one (a truncated zip fails to load; flipped bytes only show in the hash).
+one (a truncated zip fails to load; flipped bytes only show in the hash). The file names, the tarball writer
+and its one verifier are the contract's (``kr_contract.names``, ``kr_contract.tarball``): what kr publishes and
+the kernel unpacks is what this module reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import random
 import re
 import shutil
-import tarfile
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,17 +37,29 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from kr_contract.atomic import atomic_write_bytes, atomic_write_json, sha256_file
+from kr_contract import tarball
+from kr_contract.atomic import atomic_write_bytes, sha256_file
+from kr_contract.errors import ContractError
+from kr_contract.names import (
+    CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
+    MANIFEST_NAME,
+    TARBALL,
+    TIMESTAMPED_TARBALL_PREFIX,
+    best_checkpoint_name,
+    epoch_checkpoint_name,
+    is_best_name,
+)
 from trainer import FORMAT_VERSION
 
-CHECKPOINT_DIR = "checkpoints"
-LAST_NAME = "last.pth.tar"
-MANIFEST_NAME = "MANIFEST.json"
-TARBALL_NAME = "checkpoints.tar.gz"
-TARBALL_PREFIX = "checkpoints_"
-# Stored deflate blocks: still a gzip file (tar -tzf, tarfile "r:gz"), but float weights shrink only ~7 % at
-# level 1, which cost 34 s per pack of the base model on a Kaggle-class CPU against under 1 s stored.
-GZIP_LEVEL = 0
+__all__ = ["CHECKPOINT_DIR", "MANIFEST_NAME", "is_best_name", "sha256_file"]  # the contract's, used by callers
+
+# The contract's names under the names this module's callers know.
+LAST_NAME = LAST_CHECKPOINT
+TARBALL_NAME = TARBALL
+TARBALL_PREFIX = TIMESTAMPED_TARBALL_PREFIX
+epoch_file_name = epoch_checkpoint_name
+best_file_name = best_checkpoint_name
 # Every checkpoint has these; a full (resumable) state also has TRAINING_KEYS.
 REQUIRED_KEYS = ("format_version", "model", "model_config", "progress", "vocab", "schedule")
 TRAINING_KEYS = ("optimizer", "rng")
@@ -55,30 +67,14 @@ TRAINING_KEYS = ("optimizer", "rng")
 RESUME_ONLY_KEYS = ("optimizer", "scaler", "rng", "rng_by_rank", "loss_window")
 _EPOCH_RE = re.compile(r"^checkpoint_(hf|local)_(.+)_epoch(\d+)\.pth\.tar$")
 _TIMESTAMPED_RE = re.compile(r"^checkpoints_\d{8}-\d{6}\.tar\.gz$")
-_MEMBER_RE = re.compile(r"^checkpoints/([A-Za-z0-9_.\-]+)$")
 
 
 class CheckpointError(Exception):
     """A checkpoint or tarball that cannot be used; the message names the file and what to do."""
 
 
-# ------------------------------------------------------------------------------------------------ names
-
-
 def source_tag(use_huggingface: bool) -> str:
     return "hf" if use_huggingface else "local"
-
-
-def epoch_file_name(tag: str, data_name: str, epoch: int) -> str:
-    return f"checkpoint_{tag}_{data_name}_epoch{epoch}.pth.tar"
-
-
-def best_file_name(tag: str, data_name: str) -> str:
-    return f"BEST_checkpoint_{tag}_{data_name}.pth.tar"
-
-
-def is_best_name(name: str) -> bool:
-    return name.startswith("BEST_checkpoint_") and name.endswith(".pth.tar")
 
 
 # ------------------------------------------------------------------------------------------- RNG states
@@ -148,19 +144,14 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
-    path = directory / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"files": {}}
-    return data if isinstance(data.get("files"), dict) else {"files": {}}
+    """The folder's MANIFEST.json as a dict; ``{"files": {}}`` when it has none or it does not parse."""
+    manifest = tarball.read_manifest(directory)
+    return manifest.to_json() if manifest is not None else {"files": {}}
 
 
 def write_manifest(directory: Path, hashes: dict[str, str], epoch: int, step: int) -> None:
     """The manifest lists exactly the checkpoint files present, with their sha256."""
-    atomic_write_json(directory / MANIFEST_NAME,
-                      {"files": dict(sorted(hashes.items())), "epoch": epoch, "step": step,
-                       "format_version": FORMAT_VERSION})
+    tarball.write_manifest(directory, tarball.Manifest(dict(hashes), epoch, step, FORMAT_VERSION))
 
 
 def load_checkpoint(path: Path, expected_sha256: str | None = None) -> dict[str, Any]:
@@ -219,39 +210,13 @@ def prune_epoch_files(ckpt_dir: Path, keep: int) -> list[str]:
 
 
 def pack(out_dir: Path, members: dict[Path, str], epoch: int, step: int, keep_timestamped: int) -> Path:
-    """Write checkpoints.tar.gz (and a timestamped twin) holding ``members`` (path -> sha256) and a
-    MANIFEST.json of them. Regular members only (no links), so any tar extracts it. Old timestamped
-    tarballs are pruned."""
-    hashes = {path.name: digest for path, digest in members.items()}
-    manifest = json.dumps({"files": hashes, "epoch": epoch, "step": step, "format_version": FORMAT_VERSION},
-                          indent=2, sort_keys=True).encode()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{TARBALL_NAME}.", suffix=".tmp", dir=out_dir)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz", compresslevel=GZIP_LEVEL) as tar:
-            for path in members:
-                _add_regular(tar, f"{CHECKPOINT_DIR}/{path.name}", path.stat().st_size, path.open("rb"))
-            _add_regular(tar, f"{CHECKPOINT_DIR}/{MANIFEST_NAME}", len(manifest), io.BytesIO(manifest))
-            tar.close()
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        stamped = free_stamped_path(out_dir)
-        link_or_copy(tmp, stamped)
-        os.replace(tmp, out_dir / TARBALL_NAME)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a timestamped tarball holding ``members`` (path -> sha256) and a MANIFEST.json of them (the
+    contract's writer), then point checkpoints.tar.gz at it; old timestamped tarballs are pruned."""
+    stamped = free_stamped_path(out_dir)
+    tarball.pack_tarball(stamped, members, epoch=epoch, step=step, format_version=FORMAT_VERSION)
+    link_or_copy(stamped, out_dir / TARBALL_NAME)
     prune_tarballs(out_dir, keep_timestamped)
     return out_dir / TARBALL_NAME
-
-
-def _add_regular(tar: tarfile.TarFile, name: str, size: int, fileobj: Any) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mode = 0o644
-    info.mtime = int(time.time())
-    with fileobj:
-        tar.addfile(info, fileobj)
 
 
 def free_stamped_path(out_dir: Path) -> Path:
@@ -278,40 +243,12 @@ def prune_tarballs(out_dir: Path, keep: int) -> None:
 
 
 def extract_tarball(path: Path, dest: Path) -> Path:
-    """Extract a checkpoints tarball into ``dest`` after checking every member against its MANIFEST.json.
-    Returns the extracted checkpoints folder. Only plain ``checkpoints/<name>`` files are accepted."""
-    dest.mkdir(parents=True, exist_ok=True)
+    """Extract a checkpoints tarball into ``dest`` after the contract's checks (every member a plain
+    ``checkpoints/<name>`` file listed in its MANIFEST.json with the sha256 it has). Returns the folder."""
     try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            names = _extract_members(tar, dest / CHECKPOINT_DIR)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # tarfile/gzip/zlib/EOF errors on damaged archives
-        raise CheckpointError(f"tarball {path} cannot be read ({type(exc).__name__}: {_first_line(exc)}): "
-                              "it is truncated or corrupt; use an older checkpoints_*.tar.gz") from None
-    folder = dest / CHECKPOINT_DIR
-    manifest = read_manifest(folder)
-    if MANIFEST_NAME not in names or not manifest["files"]:
-        raise CheckpointError(f"tarball {path} has no MANIFEST.json listing its checkpoints: it was not packed by kr")
-    for name, digest in manifest["files"].items():
-        if name not in names or sha256_file(folder / name) != digest:
-            raise CheckpointError(f"tarball {path}: {name} is missing or does not match MANIFEST.json (corrupt)")
-    return folder
-
-
-def _extract_members(tar: tarfile.TarFile, folder: Path) -> set[str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    names = set()
-    for member in tar:
-        match = _MEMBER_RE.match(member.name)
-        if not match or not member.isfile() or match.group(1) in (".", ".."):
-            raise CheckpointError(f"unexpected tarball member {member.name!r}: not a kr checkpoints tarball")
-        source = tar.extractfile(member)
-        assert source is not None  # regular file
-        with source, open(folder / match.group(1), "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
-        names.add(match.group(1))
-    return names
+        return tarball.extract_tarball(path, dest)
+    except ContractError as exc:
+        raise CheckpointError(f"{exc}; use an older checkpoints_*.tar.gz or another checkpoint") from None
 
 
 # ------------------------------------------------------------------------------------ what to resume

@@ -10,9 +10,8 @@ import sys
 from dataclasses import asdict, dataclass
 from typing import NoReturn
 
-# Kept in step with trainer.data.DATA_NAMES (a test checks); duplicated so parsing needs no torch import.
-DATA_NAMES = ("small", "full", "synthetic_handwrite", "human_handwrite", "human_handwrite_print", "synthetic")
-MODEL_SIZES = ("tiny", "small", "base")
+from kr_contract.names import DATA_NAMES, MODEL_SIZES  # stdlib only: parsing still needs no torch
+
 BEST_METRICS = ("exact_match", "bleu4", "edit_score")
 # Learning rates that train each size well with AdamW (smaller models tolerate larger steps).
 DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}

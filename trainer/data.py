@@ -1,7 +1,7 @@
 """Data: loading a split, preparing it once per session, batching it by width.
 
-- ``load_texts_and_images`` reads raw (text, undecoded image) pairs from Hugging Face, local parquet files or
-  the offline synthetic set; all three end in the same lists and the same image decoding (``load_image``).
+- ``load_texts_and_images`` (trainer/sources.py) reads raw (text, undecoded image) pairs from Hugging Face,
+  local parquet files or the offline synthetic set; all three end in the same image decoding (``load_image``).
 - ``prepare_split`` decodes and preprocesses every image once and keeps the result in memory, so epochs
   after the first cost no decoding; it counts (never silently drops) what it had to change.
 - ``WidthBucketSampler`` groups images of similar width into batches (little padding) in an order that is a
@@ -11,11 +11,9 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,181 +21,27 @@ import torch
 from torch import Tensor
 
 from trainer.images import ImageSpec, preprocess_batch, worker_context
+from trainer.packed import PackedImages, PackedTargets
+from trainer.sources import (  # noqa: F401 - the loading half, under the names its callers know
+    DATA_NAMES,
+    SPLITS,
+    DataConfig,
+    DataError,
+    default_cache_dir,
+    load_texts_and_images,
+    read_parquet,
+    resolve_cache_dir,
+    split_files,
+)
 from trainer.tokenizer import Vocab
 
-DATA_NAMES = ("small", "full", "synthetic_handwrite", "human_handwrite", "human_handwrite_print", "synthetic")
-SPLITS = ("train", "validation", "test")
-# Other names a split's parquet files go by in local folders.
-SPLIT_ALIASES = {"validation": ("validation", "valid", "val"), "train": ("train",), "test": ("test",)}
 # Batches per shuffling pool: large enough that sorted pools cut into batches of near-equal width, small
 # enough that batch composition still changes from epoch to epoch.
 POOL_BATCHES = 50
 MAX_ERRORS_KEPT = 5
-
-
-class DataError(Exception):
-    """A data problem the user can fix; the message is one line that says what to do."""
-
-
-@dataclass
-class DataConfig:
-    data_name: str = "full"
-    use_huggingface: bool = True
-    hf_repo: str = "linxy/LaTeX_OCR"
-    data_dir: str | None = None
-    cache_dir: str | None = None  # None -> $KR_CACHE_DIR or ~/.cache/kaggle-runner
-    synthetic_train: int = 4000
-    synthetic_val: int = 300
-    synthetic_test: int = 300
-    seed: int = 0
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("KR_CACHE_DIR") or Path.home() / ".cache" / "kaggle-runner")
-
-
-def resolve_cache_dir(cfg: DataConfig) -> Path:
-    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def load_texts_and_images(cfg: DataConfig, split: str) -> tuple[list[str], list[Any]]:
-    """Texts and raw images (HF image dicts, bytes or paths; decoded later by ``load_image``) of a split.
-
-    Source, in order: ``cfg.data_dir`` if set, the synthetic set for ``data_name == "synthetic"``, else
-    Hugging Face (``cfg.use_huggingface``)."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
-    if cfg.data_dir:
-        texts, images = _load_data_dir(Path(cfg.data_dir), split)
-    elif cfg.data_name == "synthetic":
-        texts, images = _load_synthetic(cfg, split)
-    elif cfg.data_name not in DATA_NAMES:
-        raise DataError(f"unknown data_name {cfg.data_name!r}: use one of {', '.join(DATA_NAMES)}")
-    elif cfg.use_huggingface:
-        texts, images = _load_huggingface(cfg.hf_repo, cfg.data_name, split)
-    else:
-        raise DataError(
-            f"no data source for {cfg.data_name!r} without Hugging Face: pass --data_dir DIR with parquet "
-            "files, --use_huggingface, or --data_name synthetic"
-        )
-    if not texts:
-        raise DataError(f"the {split} split is empty: check the data source ({_describe_source(cfg)})")
-    return texts, images
-
-
-def _describe_source(cfg: DataConfig) -> str:
-    if cfg.data_dir:
-        return f"data_dir {cfg.data_dir}"
-    if cfg.data_name == "synthetic":
-        return "synthetic set: raise --synthetic_train/--synthetic_val/--synthetic_test"
-    return f"Hugging Face {cfg.hf_repo} config {cfg.data_name}"
-
-
-def _load_huggingface(repo: str, name: str, split: str) -> tuple[list[str], list[Any]]:
-    """``datasets.load_dataset(repo, name, split=split)`` with images left undecoded (HF image dicts)."""
-    import datasets  # heavy import, only on this path
-
-    try:
-        ds = datasets.load_dataset(repo, name, split=split)
-    except (ValueError, KeyError) as exc:
-        if split in str(exc) or "split" in str(exc).lower():
-            raise DataError(
-                f"{repo} config {name!r} has no {split!r} split: pick another --data_name or use --data_dir"
-            ) from None
-        raise DataError(f"cannot load {repo} config {name!r}: {_first_line(exc)}") from None
-    except Exception as exc:  # network, hub and cache errors come in many types
-        raise DataError(
-            f"cannot load {repo} config {name!r} split {split!r} from Hugging Face ({_first_line(exc)}): "
-            "check internet access (on Kaggle: enable internet) or use --data_dir DIR or --data_name synthetic"
-        ) from None
-    _check_columns(ds.column_names, f"{repo} config {name!r}")
-    if isinstance(ds.features.get("image"), datasets.Image):
-        ds = ds.cast_column("image", datasets.Image(decode=False))
-    return [str(t) for t in ds["text"]], list(ds["image"])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-def _check_columns(columns: Sequence[str], where: str) -> None:
-    missing = [c for c in ("image", "text") if c not in columns]
-    if missing:
-        raise DataError(
-            f"{where} has columns {list(columns)} but lacks {missing}: expected 'image' (image bytes or "
-            "{bytes, path}) and 'text' (space-separated LaTeX tokens), the linxy/LaTeX_OCR schema"
-        )
-
-
-def split_files(data_dir: Path, split: str) -> list[Path]:
-    """``DIR/{split}*.parquet`` (``val*``/``valid*`` also name the validation split), sorted."""
-    if not data_dir.is_dir():
-        raise DataError(
-            f"data_dir {data_dir} does not exist or is not a folder: pass a folder with parquet files"
-        )
-    files: set[Path] = set()
-    for prefix in SPLIT_ALIASES[split]:
-        files.update(data_dir.glob(f"{prefix}*.parquet"))
-    if split == "train":  # "train*" must not pick up a folder's other splits by accident
-        files = {f for f in files if not f.name.startswith(("validation", "test"))}
-    return sorted(files)
-
-
-def _load_data_dir(data_dir: Path, split: str) -> tuple[list[str], list[Any]]:
-    files = split_files(data_dir, split)
-    if not files:
-        raise DataError(
-            f"no {split} files in {data_dir}: expected {data_dir}/{split}*.parquet with columns image and text"
-        )
-    texts: list[str] = []
-    images: list[Any] = []
-    for path in files:
-        file_texts, file_images = read_parquet(path)
-        texts.extend(file_texts)
-        images.extend(file_images)
-    return texts, images
-
-
-def read_parquet(path: Path) -> tuple[list[str], list[Any]]:
-    """Texts and raw images of one parquet file in the dataset's schema. A relative image ``path`` (with no
-    bytes) is resolved against the file's folder."""
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:
-        raise DataError(
-            f"{path} is not a readable parquet file ({_first_line(exc)}): replace or remove it"
-        ) from None
-    _check_columns(parquet.schema_arrow.names, str(path))
-    table = parquet.read(columns=["image", "text"])
-    texts = ["" if t is None else str(t) for t in table.column("text").to_pylist()]
-    images = [_absolute_image_path(image, path.parent) for image in table.column("image").to_pylist()]
-    return texts, images
-
-
-def _absolute_image_path(image: Any, base: Path) -> Any:
-    if isinstance(image, dict) and not image.get("bytes") and image.get("path"):
-        candidate = Path(image["path"])
-        if not candidate.is_absolute() and (base / candidate).exists():
-            return {"bytes": None, "path": str(base / candidate)}
-    if isinstance(image, str) and not Path(image).is_absolute() and (base / image).exists():
-        return str(base / image)
-    return image
-
-
-def _load_synthetic(cfg: DataConfig, split: str) -> tuple[list[str], list[Any]]:
-    from trainer.synthetic import build_synthetic  # matplotlib is imported only for the synthetic set
-
-    sizes = {"train": cfg.synthetic_train, "validation": cfg.synthetic_val, "test": cfg.synthetic_test}
-    if any(n < 0 for n in sizes.values()):
-        raise DataError(f"synthetic sizes must be >= 0, got {sizes}")
-    folder = build_synthetic(resolve_cache_dir(cfg), sizes, cfg.seed)
-    return read_parquet(folder / f"{split}.parquet")
+# Worker processes pay their start-up only for a split this large; a serial split reports every chunk.
+PARALLEL_MIN_IMAGES = 256
+SERIAL_CHUNK = 512
 
 
 # -------------------------------------------------------------------------------------------- preparing
@@ -205,10 +49,11 @@ def _load_synthetic(cfg: DataConfig, split: str) -> tuple[list[str], list[Any]]:
 
 @dataclass
 class PreparedSplit:
-    """A split decoded and preprocessed once, kept in memory for the whole session."""
+    """A split decoded and preprocessed once, kept for the whole session (in memory, or mapped from the files
+    rank 0 published: trainer/exchange.py)."""
 
-    images: list[np.ndarray]  # uint8 (H, W), ink high, background 0 (see trainer.images)
-    targets: list[list[int]]  # token ids, no BOS/EOS, at most max_target_len
+    images: Sequence[np.ndarray]  # uint8 (H, W), ink high, background 0 (see trainer.images): PackedImages
+    targets: Sequence[list[int]]  # token ids, no BOS/EOS, at most max_target_len: PackedTargets
     texts: list[str]  # the reference texts (for metrics), aligned with images
     widths: np.ndarray  # int64 (N,) image widths, for width bucketing
     report: dict[str, int]  # counts of what preparing changed; the training loop logs them
@@ -218,6 +63,9 @@ class PreparedSplit:
         return len(self.images)
 
 
+Progress = Callable[[int, int], None]  # (images done, images in all): reported after each chunk
+
+
 def prepare_split(
     texts: Sequence[str],
     images: Sequence[Any],
@@ -225,6 +73,7 @@ def prepare_split(
     spec: ImageSpec,
     max_target_len: int,
     num_proc: int = 1,
+    on_progress: Progress | None = None,
 ) -> PreparedSplit:
     """Decode, preprocess and tokenize a split once.
 
@@ -236,16 +85,19 @@ def prepare_split(
         raise DataError(f"{len(texts)} texts but {len(images)} images: the data source is inconsistent")
     if max_target_len < 1:
         raise DataError(f"max_target_len must be >= 1, got {max_target_len}")
-    results = _preprocess_all(list(images), spec, num_proc)
-    split = PreparedSplit(images=[], targets=[], texts=[], widths=np.zeros(0, dtype=np.int64), report={})
+    results = _preprocess_all(list(images), spec, num_proc, on_progress)
+    canvases: list[np.ndarray] = []
+    targets: list[list[int]] = []
+    kept_texts: list[str] = []
+    errors: list[str] = []
     report = dict.fromkeys(
         ("samples", "shrunk_to_fit", "undecodable", "blank_images", "unknown_tokens", "truncated_targets"), 0
     )
     for index, (text, result) in enumerate(zip(texts, results, strict=True)):
         if isinstance(result, str):
             report["undecodable"] += 1
-            if len(split.errors) < MAX_ERRORS_KEPT:
-                split.errors.append(f"sample {index}: {result}")
+            if len(errors) < MAX_ERRORS_KEPT:
+                errors.append(f"sample {index}: {result}")
             continue
         canvas, shrunk = result
         ids = vocab.encode(text)
@@ -253,27 +105,44 @@ def prepare_split(
         report["blank_images"] += int(not canvas.any())
         report["unknown_tokens"] += sum(1 for i in ids if i == Vocab.UNK)
         report["truncated_targets"] += int(len(ids) > max_target_len)
-        split.images.append(canvas)
-        split.targets.append(ids[:max_target_len])
-        split.texts.append(text)
-    report["samples"] = len(split.images)
-    split.report = report
-    split.widths = np.array([img.shape[1] for img in split.images], dtype=np.int64)
-    return split
+        canvases.append(canvas)
+        targets.append(ids[:max_target_len])
+        kept_texts.append(text)
+    del results
+    report["samples"] = len(canvases)
+    widths = np.array([canvas.shape[1] for canvas in canvases], dtype=np.int64)
+    return PreparedSplit(images=PackedImages.pack(canvases, spec.height), targets=PackedTargets.pack(targets),
+                         texts=kept_texts, widths=widths, report=report, errors=errors)
 
 
-def _preprocess_all(images: list[Any], spec: ImageSpec, num_proc: int) -> list[tuple[np.ndarray, bool] | str]:
-    if num_proc <= 1 or len(images) < 256:
-        return preprocess_batch(images, spec)
-    chunks = _chunks(images, num_proc * 8)
-    context = worker_context()
-    with ProcessPoolExecutor(max_workers=num_proc, mp_context=context) as pool:
-        parts = pool.map(preprocess_batch, chunks, [spec] * len(chunks))
-        return [result for part in parts for result in part]
+def _preprocess_all(images: list[Any], spec: ImageSpec, num_proc: int,
+                    on_progress: Progress | None) -> list[tuple[np.ndarray, bool] | str]:
+    """In chunks (in worker processes when there are many), reporting after each."""
+    parallel = num_proc > 1 and len(images) >= PARALLEL_MIN_IMAGES
+    chunks = _chunks(images, num_proc * 8) if parallel else _chunks_of(images, SERIAL_CHUNK)
+    results: list[tuple[np.ndarray, bool] | str] = []
+    if not parallel:
+        for chunk in chunks:
+            results += preprocess_batch(chunk, spec)
+            _report(on_progress, len(results), len(images))
+        return results
+    with ProcessPoolExecutor(max_workers=num_proc, mp_context=worker_context()) as pool:
+        for part in pool.map(preprocess_batch, chunks, [spec] * len(chunks)):
+            results += part
+            _report(on_progress, len(results), len(images))
+    return results
+
+
+def _report(on_progress: Progress | None, done: int, total: int) -> None:
+    if on_progress is not None:
+        on_progress(done, total)
 
 
 def _chunks(items: list[Any], count: int) -> list[list[Any]]:
-    size = max(1, -(-len(items) // count))
+    return _chunks_of(items, max(1, -(-len(items) // count)))
+
+
+def _chunks_of(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -290,7 +159,10 @@ class OcrDataset(torch.utils.data.Dataset):
         return len(self.split.images)
 
     def __getitem__(self, index: int) -> tuple[Tensor, list[int]]:
-        return torch.from_numpy(self.split.images[index]).unsqueeze(0), self.split.targets[index]
+        image = self.split.images[index]
+        if not image.flags.writeable:  # mapped read-only (shared between ranks): torch wants its own buffer
+            image = image.copy()
+        return torch.from_numpy(image).unsqueeze(0), self.split.targets[index]
 
 
 @dataclass

@@ -17,12 +17,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from kr_contract.names import STOP_COMPLETED, STOP_DEADLINE, STOP_MAX_STEPS, STOP_SIGNAL, STOP_TIME_BUDGET
+from trainer import watch
 from trainer.runtime import Runtime, RuntimeSetupError, detect_runtime
 
-# Rank 0 validates alone while the others wait in a broadcast: the timeout must outlast a long validation.
-COLLECTIVE_TIMEOUT = timedelta(hours=3)
 # Stop reasons in order of precedence: when ranks disagree, the highest one wins.
-STOP_REASONS = (None, "max_steps", "completed", "time_budget", "deadline", "signal")
+STOP_REASONS = (None, STOP_MAX_STEPS, STOP_COMPLETED, STOP_TIME_BUDGET, STOP_DEADLINE, STOP_SIGNAL)
 
 
 def env_world_size() -> int:
@@ -47,7 +47,8 @@ def init_runtime(device_flag: str = "auto") -> Runtime:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT,
+        # A rank that stops answering ends the run before the watchdog would have to (trainer/watch.py).
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=watch.collective_timeout_s()),
                                 device_id=device if use_cuda else None)
     return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
 

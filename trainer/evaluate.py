@@ -16,8 +16,9 @@ from typing import Any
 
 import torch
 
+from kr_contract.names import DATA_NAMES
 from trainer.checkpoint import CheckpointError
-from trainer.config import DATA_NAMES, OneLineErrorParser
+from trainer.config import OneLineErrorParser
 from trainer.data import SPLITS, DataConfig, DataError, load_texts_and_images, prepare_split
 from trainer.inference import LoadedModel, decode_split, load_model
 from trainer.metrics import score_texts

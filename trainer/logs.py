@@ -1,7 +1,7 @@
 """training.log (appended across runs) and stdout, with machine-readable metric lines.
 
-A metric line is ``<kind> key=value key=value ...`` after the timestamp and level (docs/architecture.md §2);
-``kr plot`` and ``kr status`` key on the first word after the level.
+The metric-line format is the contract's (``kr_contract.metric_lines``): ``<kind> key=value ...`` after the
+timestamp and level; ``kr plot`` and ``kr status`` parse it with the same module.
 """
 
 from __future__ import annotations
@@ -10,13 +10,10 @@ import logging
 import sys
 from pathlib import Path
 
-LOG_NAME = "training.log"
-LOGGER_NAME = "trainer"
-_FORMAT = "%(asctime)s %(levelname)s %(message)s"
-_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+from kr_contract.metric_lines import LOG_DATE_FORMAT, LOG_FORMAT, metric_line
+from kr_contract.names import TRAINING_LOG
 
-# How each known field is printed; other floats get 4 decimals.
-_FIELD_FORMATS = {"lr": "{:.3e}", "samples_per_s": "{:.1f}", "seconds": "{:.1f}"}
+LOGGER_NAME = "trainer"
 
 
 def get_logger() -> logging.Logger:
@@ -34,12 +31,13 @@ def setup_logging(out_dir: Path, *, enabled: bool, rank: int = 0) -> logging.Log
     if not enabled:
         errors = logging.StreamHandler(sys.stderr)
         errors.setLevel(logging.ERROR)
-        errors.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s", _DATE_FORMAT))
+        errors.setFormatter(logging.Formatter(f"%(asctime)s rank {rank} %(levelname)s %(message)s", LOG_DATE_FORMAT))
         logger.addHandler(errors)
         return logger
     out_dir.mkdir(parents=True, exist_ok=True)
-    formatter = logging.Formatter(_FORMAT, _DATE_FORMAT)
-    for handler in (logging.FileHandler(out_dir / LOG_NAME, mode="a", encoding="utf-8"), logging.StreamHandler(sys.stdout)):
+    formatter = logging.Formatter(LOG_FORMAT, LOG_DATE_FORMAT)
+    for handler in (logging.FileHandler(out_dir / TRAINING_LOG, mode="a", encoding="utf-8"),
+                    logging.StreamHandler(sys.stdout)):
         handler.setFormatter(formatter)
         logger.addHandler(handler)
     return logger
@@ -52,28 +50,5 @@ def close_logging() -> None:
         handler.close()
 
 
-def format_value(key: str, value: object) -> str:
-    if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
-    return _FIELD_FORMATS.get(key, "{:.4f}").format(value)
-
-
-def metric_line(kind: str, /, **fields: object) -> str:
-    """``train epoch=1 step=120 loss=2.3456``: values must not contain spaces."""
-    parts = [kind] + [f"{key}={format_value(key, value)}" for key, value in fields.items()]
-    return " ".join(parts)
-
-
 def log_metrics(kind: str, /, **fields: object) -> None:
     get_logger().info(metric_line(kind, **fields))
-
-
-def parse_metric_line(line: str) -> tuple[str, dict[str, str]] | None:
-    """Inverse of a logged metric line (timestamp and level included); None for free text."""
-    words = line.split()
-    if len(words) < 4 or words[2] not in ("INFO", "WARNING", "ERROR"):
-        return None
-    fields = dict(word.split("=", 1) for word in words[4:] if "=" in word)
-    if not fields:
-        return None
-    return words[3], fields

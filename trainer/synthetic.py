@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import watch
 from trainer.images import worker_context
 
 GENERATOR_VERSION = 1
@@ -335,11 +336,15 @@ def render_all(formulas: list[str], seed: int, num_proc: int | None = None) -> l
     size = -(-len(formulas) // (num_proc * 4))
     starts = list(range(0, len(formulas), size))
     context = worker_context()
+    rendered: list[bytes | None] = []
     with ProcessPoolExecutor(max_workers=num_proc, mp_context=context) as pool:
         parts = pool.map(
             _render_range, [formulas[s : s + size] for s in starts], [seed] * len(starts), starts
         )
-        return [png for part in parts for png in part]
+        for part in parts:
+            rendered += part
+            watch.beat("prepare", rendered=len(rendered), of=len(formulas))
+    return rendered
 
 
 # ---------------------------------------------------------------------------------------- the data set

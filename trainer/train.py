@@ -9,131 +9,56 @@ same numbers as one that never stopped.
 
 from __future__ import annotations
 
-import logging
 import math
-import os
-import random
 import signal
-import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kr_contract.atomic import atomic_write_json, sha256_file
-from trainer import FORMAT_VERSION, distributed
+from kr_contract.names import (
+    STOP_COMPLETED,
+    STOP_MAX_EPOCHS,
+    STOP_MAX_STEPS,
+    STOP_SIGNAL,
+)
+from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
-from trainer.budget import DeadlineError, StopClock, read_env_deadline
+from trainer import distributed, splits, watch
+from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
     Batch,
-    DataConfig,
-    DataError,
     OcrDataset,
     PreparedSplit,
     WidthBucketSampler,
     collate,
-    load_texts_and_images,
     padding_share,
-    prepare_split,
 )
-from trainer.images import ImageSpec
+from trainer.exchange import SplitExchange
 from trainer.inference import decode_part, join_parts
-from trainer.logs import close_logging, get_logger, log_metrics, setup_logging
+from trainer.loader import batches, build_loader
+from trainer.logs import get_logger, log_metrics
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
-from trainer.runtime import Runtime, RuntimeSetupError
+from trainer.optim import (
+    MAX_SKIPPED_STEPS,
+    SkippedSteps,
+    TrainingDiverged,
+    build_optimizer,
+    lr_at,
+    new_schedule,
+)
+from trainer.resume import load_weights, own_rng, plan_resume, position_for_world_size
+from trainer.runtime import Runtime
+from trainer.saving import SaveTarget, log_saved, save_state
+from trainer.state import LossWindow, Progress, rank_seed, seed_everything, seed_rank, training_state
 from trainer.tokenizer import Vocab
 
-RESULT_NAME = "trainer_result.json"
-MIN_LR_RATIO = 0.1  # the cosine ends at this share of the peak learning rate
-# Settings that define a training run; a resumed run keeps the checkpoint's values (exact resume needs them)...
-IDENTITY_KEYS = ("seed", "batch_size", "lr", "weight_decay", "grad_clip", "label_smoothing", "max_target_len",
-                 "model_size", "best_metric")
-# ...except these when the command line names them (a deliberate change, e.g. a lower LR after divergence).
-TUNABLE_KEYS = ("lr", "weight_decay", "grad_clip", "label_smoothing", "best_metric")
-
-
-class InputError(Exception):
-    """Bad input found while setting up; one line that says what to do."""
-
-
-INPUT_ERRORS = (InputError, DataError, ckpt.CheckpointError, DeadlineError, RuntimeSetupError)
-# fp16 steps skipped in a row (the gradient not finite at any loss scale) before the run gives up: a normal
-# start skips a handful while the scaler finds its scale.
-MAX_SKIPPED_STEPS = 64
-
-
-class TrainingDiverged(Exception):
-    """The loss or the gradient stopped being finite; nothing of the failing step reached the weights."""
-
-
-@dataclass
-class SkippedSteps:
-    """Counts optimizer steps the fp16 gradient scaler skipped in a row (it lowers its scale when it skips)."""
-
-    in_a_row: int = 0
-
-    def record(self, scale_before: float, scale_after: float) -> bool:
-        """True when too many steps in a row were skipped."""
-        self.in_a_row = self.in_a_row + 1 if scale_after < scale_before else 0
-        return self.in_a_row >= MAX_SKIPPED_STEPS
-
-
-# ------------------------------------------------------------------------------------------ state pieces
-
-
-@dataclass
-class Progress:
-    epoch: int = 0  # completed epochs; the epoch being trained has index `epoch`
-    batch_in_epoch: int = 0  # batches of that epoch already trained
-    global_step: int = 0
-
-
-@dataclass
-class LossWindow:
-    """Train-loss average since the last train line; saved so resumed lines match uninterrupted ones."""
-
-    loss_sum: float = 0.0
-    steps: int = 0
-    samples: int = 0
-
-    def add(self, loss: float, samples: int) -> None:
-        self.loss_sum += loss
-        self.steps += 1
-        self.samples += samples
-
-
-def lr_at(step: int, schedule: dict[str, float]) -> float:
-    """Linear warmup, then cosine to MIN_LR_RATIO x peak at the horizon; a pure function of the step."""
-    peak, warmup, total = schedule["base_lr"], int(schedule["warmup_steps"]), int(schedule["total_steps"])
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def plain(obj: Any) -> Any:
-    """Dataclass/Path-free copy for a weights_only checkpoint."""
-    if isinstance(obj, dict):
-        return {str(k): plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
+__all__ = ["MAX_SKIPPED_STEPS", "SkippedSteps", "Trainer", "TrainingDiverged", "lr_at", "run"]
 
 # ------------------------------------------------------------------------------------------------ setup
 
@@ -161,26 +86,34 @@ class Trainer:
 
     # The order matters for exactness: everything that consumes random numbers (model init) happens
     # before the RNG states are restored from the checkpoint.
+    # Model init is identical on every rank; each rank's own stream (dropout, its loader's worker seeds) is
+    # offset from rank 1 on, rank 0's being a one-process run's (trainer/state.py rank_seed).
     def setup(self) -> None:
-        self.resumed = self._resolve_checkpoint()
-        state = self.resumed.state if self.resumed else None
-        if state is not None:
-            self._adopt_identity(state)
+        self.exchange = SplitExchange.for_job(self.runtime.rank, self.runtime.world_size)
+        if self.exchange is not None:
+            self.exchange.announce()
+        watch.beat("start", detail="resume" if self.cfg.checkpoint else "fresh")
+        plan = plan_resume(self.cfg, self.out_dir, is_main=self.runtime.is_main_process)
+        self.resumed, self.spec, self.overridden = plan.resumed, plan.spec, plan.overridden
+        state = plan.state
         seed_everything(self.cfg.seed)
-        self.data_cfg = self._data_config()
+        self.data_cfg = splits.data_config(self.cfg)
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
-        self.spec = self._image_spec(state)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
         self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
                                           rank=self.runtime.rank, world_size=self.runtime.world_size)
         self.steps_per_epoch = len(self.sampler)
         self._build_model(state)
+        seed_rank(self.cfg.seed, self.runtime.rank)
         if state is not None:
             self._restore(state)
         self._wrap_for_training()
         self._prime_clock()
         self._log_start()
+        if self.exchange is not None:  # every rank has mapped the shared splits: their files can go
+            distributed.barrier(self.runtime)
+            self.exchange.remove()
 
     def _prime_clock(self) -> None:
         """Guesses that stand until validation and saving have been timed once in this run."""
@@ -190,121 +123,17 @@ class Trainer:
         state_bytes = 3 * 4 * count_parameters(self.model)
         self.clock.save_guess_s = 1.0 + state_bytes / 50e6
 
-    def _resolve_checkpoint(self) -> ckpt.Resumed | None:
-        if not self.cfg.checkpoint:
-            return None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".kr-resume-", dir=self.out_dir) as scratch:
-            resumed = ckpt.resolve_checkpoint(self.cfg.checkpoint, self.out_dir, Path(scratch))
-            for problem in resumed.skipped if resumed else []:
-                self.log.warning(f"skipped damaged checkpoint: {problem}")
-            if resumed is None:
-                self.log.warning(f"--checkpoint latest: no checkpoint in {self.out_dir}, starting fresh")
-                return None
-            carried = ckpt.carry_best(resumed, self.ckpt_dir)
-            if carried:
-                self.log.info(f"copied {carried.name} from {resumed.origin} into {self.ckpt_dir}")
-        self._warn_if_best(resumed)
-        return resumed
-
-    def _warn_if_best(self, resumed: ckpt.Resumed) -> None:
-        weights_only = ckpt.is_weights_only(resumed.state)
-        if not weights_only and not ckpt.is_best_name(resumed.path.name):
-            return
-        progress = resumed.state["progress"]
-        where = f"epoch {progress['epoch']}, step {progress['global_step']}"
-        sibling = resumed.folder / ckpt.LAST_NAME
-        from_tarball = resumed.origin.name.endswith(".tar.gz")
-        if resumed.skipped:
-            hint = f"no intact {ckpt.LAST_NAME} or other full state was found (skipped above)"
-        elif sibling.is_file() and not from_tarball:
-            hint = f"--checkpoint {sibling} ({ckpt.LAST_NAME}) resumes the latest state exactly"
-        else:
-            hint = f"--checkpoint latest ({ckpt.LAST_NAME}) resumes the latest state exactly"
-        if weights_only:
-            consequence = (f": weights only, so the optimizer and scaler start fresh while the schedule and epoch "
-                           f"count continue from step {progress['global_step']}; the training after the best epoch "
-                           "is thrown away")
-        else:
-            consequence = " throws away the training after the best epoch"
-        self.log.warning(f"resuming from {resumed.path.name} ({where}){consequence}; {hint}")
-
-    def _adopt_identity(self, state: dict[str, Any]) -> None:
-        """The checkpoint's settings, except the tunable ones the command line names (a warning says so)."""
-        saved = state.get("train_config", {})
-        adopted, overridden = [], []
-        for key in IDENTITY_KEYS:
-            if key not in saved or saved[key] == getattr(self.cfg, key):
-                continue
-            if key in TUNABLE_KEYS and key in self.cfg.explicit:
-                overridden.append(f"{key} {saved[key]} -> {getattr(self.cfg, key)}")
-                self.overridden.add(key)
-            else:
-                adopted.append(f"{key}={saved[key]}")
-                setattr(self.cfg, key, saved[key])
-        if adopted:
-            self.log.info("resuming with the checkpoint's settings: " + " ".join(adopted))
-        if overridden:
-            self.log.warning("resuming with the command line's settings instead of the checkpoint's: "
-                             + ", ".join(overridden) + " (the run no longer continues exactly as before)")
-        data = state.get("data_config", {})
-        if data and data.get("data_name") != self.cfg.data_name:
-            raise InputError(f"the checkpoint trained on data_name {data.get('data_name')!r}, not "
-                             f"{self.cfg.data_name!r}: pass --data_name {data.get('data_name')} or start without --checkpoint")
-
-    def _image_spec(self, state: dict[str, Any] | None) -> ImageSpec:
-        """The checkpoint's input geometry when resuming (the model learned it), else the flags'."""
-        if state is None:
-            return ImageSpec(height=self.cfg.image_height, max_width=self.cfg.max_width)
-        spec = ImageSpec(**state["image_spec"])
-        saved = {"image_height": spec.height, "max_width": spec.max_width}
-        ignored = [f"--{key} {getattr(self.cfg, key)}" for key, value in saved.items()
-                   if key in self.cfg.explicit and getattr(self.cfg, key) != value]
-        if ignored:
-            self.log.warning(f"ignoring {', '.join(ignored)}: the checkpoint's model was trained on "
-                             f"{spec.height}x{spec.max_width} images")
-        self.cfg.image_height, self.cfg.max_width = spec.height, spec.max_width
-        return spec
-
-    def _data_config(self) -> DataConfig:
-        c = self.cfg
-        return DataConfig(data_name=c.data_name, use_huggingface=c.resolved_use_huggingface, hf_repo=c.hf_repo,
-                          data_dir=c.data_dir, cache_dir=c.cache_dir, synthetic_train=c.synthetic_train,
-                          synthetic_val=c.synthetic_val, synthetic_test=c.synthetic_test, seed=c.seed)
-
     def _load_train(self, state: dict[str, Any] | None) -> tuple[Vocab, PreparedSplit]:
-        texts, images = load_texts_and_images(self.data_cfg, "train")
-        vocab = Vocab.from_list(state["vocab"]) if state else Vocab.build(texts)
-        split = prepare_split(texts, images, vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
-        self._log_data_report("train", split)
-        return vocab, split
+        procs = splits.prepare_procs(self.runtime.world_size, self.exchange)
+        split, vocab = splits.shared(self.exchange, "train", lambda: splits.load_train(
+            self.cfg, self.data_cfg, self.spec, state["vocab"] if state else None, procs))
+        assert vocab is not None  # the train split always carries its vocabulary
+        return Vocab.from_list(vocab), split
 
     def _load_validation(self) -> PreparedSplit:
-        texts, images = load_texts_and_images(self.data_cfg, "validation")
-        if self.cfg.val_max_samples:
-            texts, images = texts[: self.cfg.val_max_samples], images[: self.cfg.val_max_samples]
-        split = prepare_split(texts, images, self.vocab, self.spec, self.cfg.max_target_len, self._prepare_procs())
-        self._log_data_report("validation", split)
-        if len(split) == 0:
-            raise DataError("no readable image in the validation split: check the data source")
-        return split
-
-    def _prepare_procs(self) -> int:
-        """Decoding processes: the session's CPUs, shared among the DDP ranks (each prepares every split)."""
-        return max(1, (os.cpu_count() or 1) // self.runtime.world_size)
-
-    def _log_data_report(self, name: str, split: PreparedSplit) -> None:
-        log_metrics("data", split=name, **split.report)
-        for message in split.errors:
-            self.log.warning(f"{name}: unreadable image left out: {message}")
-        if split.report.get("shrunk_to_fit"):
-            self.log.warning(f"{name}: {split.report['shrunk_to_fit']} images were larger than the model input "
-                             f"({self.spec.height}x{self.spec.max_width}) and were shrunk to fit")
-        if split.report.get("truncated_targets"):
-            self.log.warning(f"{name}: {split.report['truncated_targets']} formulas are longer than "
-                             f"--max_target_len {self.cfg.max_target_len} tokens and were cut for training")
-        if len(split) == 0:
-            raise DataError(f"no readable image in the {name} split: check the data source")
+        procs = splits.prepare_procs(self.runtime.world_size, self.exchange)
+        return splits.shared(self.exchange, "validation", lambda: splits.load_validation(
+            self.cfg, self.data_cfg, self.spec, self.vocab, procs))[0]
 
     def _build_model(self, state: dict[str, Any] | None) -> None:
         if state is not None:
@@ -314,11 +143,8 @@ class Trainer:
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        no_decay = [p for p in self.model.parameters() if p.dim() < 2]
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.cfg.resolved_lr, betas=(0.9, 0.98), fused=self.runtime.is_cuda or None)
+        self.optimizer = build_optimizer(self.model, self.cfg.resolved_lr, self.cfg.weight_decay,
+                                         fused=self.runtime.is_cuda)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.skipped = SkippedSteps()
         self.schedule = state["schedule"] if state else self._new_schedule()
@@ -343,54 +169,28 @@ class Trainer:
 
     def _new_schedule(self) -> dict[str, float]:
         total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
-        warmup = min(self.cfg.warmup_steps, total // 5)
-        return {"base_lr": self.cfg.resolved_lr, "warmup_steps": warmup, "total_steps": total}
+        return new_schedule(self.cfg.resolved_lr, self.cfg.warmup_steps, total)
 
     def _restore(self, state: dict[str, Any]) -> None:
         """A full state resumes exactly. A weights-only BEST_ restarts from its weights with the fresh optimizer
         and scaler built above, the RNGs as seeded, and its progress (saved at an epoch end: the next epoch's
         data order and the schedule continue from its step)."""
-        weights_only = ckpt.is_weights_only(state)
-        try:
-            self.model.load_state_dict(state["model"])
-            if not weights_only:
-                self.optimizer.load_state_dict(state["optimizer"])
-                if "weight_decay" in self.overridden:  # the saved param groups carry the old value
-                    self.optimizer.param_groups[0]["weight_decay"] = self.cfg.weight_decay
-            if state.get("scaler") and self.use_amp:
-                self.scaler.load_state_dict(state["scaler"])
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise ckpt.CheckpointError(f"{self.resumed.path if self.resumed else '?'} does not fit this model "
-                                       f"({str(exc).splitlines()[0][:160]}): use a checkpoint this trainer wrote") from None
-        self.progress = self._progress_for_world_size(state)
+        load_weights(state, self.model, self.optimizer, self.scaler,
+                     weight_decay=self.cfg.weight_decay if "weight_decay" in self.overridden else None,
+                     where=self.resumed.path if self.resumed else "?")
+        self.progress = position_for_world_size(state, self.runtime.world_size, self.steps_per_epoch)
         self.window = LossWindow(**state.get("loss_window", {}))
         self.best = state.get("best")
         self.last_val = state.get("last_val")
         self.last_train_loss = state.get("train_loss")
-        if weights_only:
+        if ckpt.is_weights_only(state):
             self.dirty = True  # last.pth.tar, if any, holds another state
             return
-        ckpt.restore_rng(self._own_rng(state))
+        rng, reseed = own_rng(state, self.runtime.rank, self.runtime.world_size)
+        ckpt.restore_rng(rng)
+        if reseed:
+            seed_rank(self.cfg.seed, self.runtime.rank, self.progress.global_step)
         self.dirty = not (self.ckpt_dir / ckpt.LAST_NAME).exists() or not (self.out_dir / ckpt.TARBALL_NAME).exists()
-
-    def _progress_for_world_size(self, state: dict[str, Any]) -> Progress:
-        """The saved position; saved with another process count, the position in the epoch is converted to
-        the same share of the epoch (exact only when the count is unchanged)."""
-        progress = Progress(**state["progress"])
-        saved_world = int(state.get("world_size", 1))
-        if saved_world != self.runtime.world_size and progress.batch_in_epoch:
-            converted = progress.batch_in_epoch * saved_world // self.runtime.world_size
-            progress.batch_in_epoch = min(converted, self.steps_per_epoch)
-            self.log.info(f"checkpoint written by {saved_world} processes, resuming with "
-                          f"{self.runtime.world_size}: batch {progress.batch_in_epoch} of the epoch")
-        return progress
-
-    def _own_rng(self, state: dict[str, Any]) -> dict[str, Any]:
-        """This rank's saved RNG states when the process count is unchanged, else rank 0's."""
-        by_rank = state.get("rng_by_rank") or []
-        if len(by_rank) == self.runtime.world_size:
-            return by_rank[self.runtime.rank]
-        return state["rng"]
 
     def _log_start(self) -> None:
         p = self.progress
@@ -425,7 +225,7 @@ class Trainer:
             if reason:
                 return reason
             self.sampler.set_epoch(self.progress.epoch, self.progress.batch_in_epoch)
-            for batch in loader:
+            for batch in batches(loader):
                 self._train_step(batch)
                 reason = self._agreed_stop_reason(after_step=True)
                 if reason:
@@ -433,11 +233,9 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
-        workers = self.cfg.num_workers
-        return torch.utils.data.DataLoader(
-            OcrDataset(self.train_split), batch_sampler=self.sampler, collate_fn=collate,
-            num_workers=workers, pin_memory=self.runtime.is_cuda, persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(self.cfg.seed))
+        return build_loader(OcrDataset(self.train_split), self.sampler, workers=self.cfg.num_workers,
+                            pin_memory=self.runtime.is_cuda, seed=rank_seed(self.cfg.seed, self.runtime.rank),
+                            timeout_s=watch.loader_timeout_s(), collate_fn=collate)
 
     def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
         """Why to stop, agreed by every rank; after a step, also a periodic save when one is due on any rank."""
@@ -450,11 +248,11 @@ class Trainer:
     def _stop_reason(self) -> str | None:
         """Why to stop before the next step, if at all."""
         if self.stop_signal is not None:
-            return "signal"
+            return STOP_SIGNAL
         if self.cfg.max_steps is not None and self.steps_done >= self.cfg.max_steps:
-            return "max_steps"
+            return STOP_MAX_STEPS
         if self.progress.global_step >= self.schedule["total_steps"]:
-            return "completed"
+            return STOP_COMPLETED
         ends_epoch = self.progress.batch_in_epoch + 1 >= self.steps_per_epoch
         if not self.clock.room_for_step(ends_epoch):
             return self.clock.reason
@@ -478,6 +276,7 @@ class Trainer:
         self.dirty = True
         self.window.add(loss_value, len(batch))
         self.clock.record_step(time.time() - began)
+        watch.beat("train", step=self.progress.global_step, epoch=self.progress.epoch + 1)
         if self.progress.global_step % self.cfg.log_every == 0 or self.progress.batch_in_epoch >= self.steps_per_epoch:
             self._log_train(lr)
 
@@ -520,7 +319,7 @@ class Trainer:
     def _finish_epoch(self) -> str | None:
         """Validate, then count the epoch and save its checkpoint. A stop request during validation leaves the
         epoch pending (the next run validates it)."""
-        signalled, _ = distributed.agree_stop(self.runtime, "signal" if self.stop_signal is not None else None, False)
+        signalled, _ = distributed.agree_stop(self.runtime, STOP_SIGNAL if self.stop_signal is not None else None, False)
         if signalled:
             return signalled
         began = time.time()
@@ -540,13 +339,18 @@ class Trainer:
             self.best = dict(self.last_val)
         self._save(epoch_file=True, best_file=improved)
         if self.cfg.max_epochs is not None and self.epochs_done >= self.cfg.max_epochs:
-            return "max_epochs"
+            return STOP_MAX_EPOCHS
         return None
 
     def _validate(self) -> tuple[dict[str, float] | None, str]:
         """Every rank decodes its share of the validation batches; rank 0 scores the whole split and every rank
         acts on its outcome: the metrics, or None and why it stopped."""
+        decoded = 0
+
         def should_continue() -> bool:
+            nonlocal decoded
+            watch.beat("validate", step=self.progress.global_step, epoch=self.progress.epoch, batches=decoded)
+            decoded += 1
             return self.stop_signal is None and self.clock.room_for(self.clock.step_estimate())
 
         # Each rank's BatchNorm running statistics moved with its own last batch: validate with rank 0's,
@@ -557,7 +361,7 @@ class Trainer:
         parts = distributed.gather_to_main(self.runtime, part)
         if not all(p.complete for p in parts):
             self.log.info("validation interrupted; the next run validates this epoch")
-            local = "signal" if self.stop_signal is not None else self.clock.reason
+            local = STOP_SIGNAL if self.stop_signal is not None else self.clock.reason
             return None, distributed.agree_stop(self.runtime, local, False)[0] or local
         metrics: dict[str, float] | None = None
         if self.runtime.is_main_process:
@@ -580,82 +384,29 @@ class Trainer:
     def _save(self, *, epoch_file: bool, best_file: bool) -> None:
         """Every rank calls this together (it gathers the ranks' RNG states); rank 0 writes."""
         began = time.time()
+        watch.beat("save", step=self.progress.global_step, epoch=self.progress.epoch, force=True)
         rng_by_rank = distributed.gather_to_main(self.runtime, ckpt.capture_rng())
-        if not self.runtime.is_main_process:
-            self.dirty = False
-            self.last_save_time = time.time()
-            return
-        state = self._state(rng_by_rank)
-        data = ckpt.serialize(state)
-        digest = ckpt.sha256_bytes(data)
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        hashes = dict(ckpt.read_manifest(self.ckpt_dir)["files"])
-        last = self.ckpt_dir / ckpt.LAST_NAME
-        written = []
-        if epoch_file:
-            name = ckpt.epoch_file_name(self.tag, self.cfg.data_name, self.progress.epoch)
-            ckpt.write_checkpoint(self.ckpt_dir, name, data)
-            ckpt.link_or_copy(self.ckpt_dir / name, last)
-            hashes[name] = digest
-            written.append(("epoch", name))
-        else:
-            ckpt.write_checkpoint(self.ckpt_dir, ckpt.LAST_NAME, data)
-        hashes[ckpt.LAST_NAME] = digest
-        written.append(("last", ckpt.LAST_NAME))
-        best = self.ckpt_dir / ckpt.best_file_name(self.tag, self.cfg.data_name)
-        if best_file:
-            hashes[best.name] = self._write_best(best, state)
-            written.append(("best", best.name))
-        self._write_manifest(hashes)
-        members = {last: digest} | ({best: hashes[best.name]} if best.name in hashes else {})
-        tarball = ckpt.pack(self.out_dir, members, self.progress.epoch, self.progress.global_step,
-                            self.cfg.keep_tarballs)
+        if self.runtime.is_main_process:
+            saved = save_state(self._save_target(), self._state(rng_by_rank),
+                               epoch=self.progress.epoch if epoch_file else None, best=best_file)
         self.dirty = False
         self.last_save_time = time.time()
+        if not self.runtime.is_main_process:
+            return
         self.clock.record_save(self.last_save_time - began)
         self.window_started += self.last_save_time - began
-        for kind, name in written:
-            log_metrics("checkpoint", kind=kind, path=f"{ckpt.CHECKPOINT_DIR}/{name}", epoch=self.progress.epoch,
-                        step=self.progress.global_step)
-        log_metrics("tarball", path=tarball.name, epoch=self.progress.epoch, step=self.progress.global_step,
-                    seconds=self.last_save_time - began)
+        log_saved(saved, self.progress.epoch, self.progress.global_step, self.last_save_time - began)
 
-    def _write_best(self, best: Path, state: dict[str, Any]) -> str:
-        """BEST_ holds weights only (inference and a restart from them need no optimizer); returns its sha256."""
-        data = ckpt.serialize(ckpt.weights_only(state))
-        ckpt.write_checkpoint(self.ckpt_dir, best.name, data)
-        return ckpt.sha256_bytes(data)
-
-    def _write_manifest(self, hashes: dict[str, str]) -> None:
-        ckpt.prune_epoch_files(self.ckpt_dir, self.cfg.keep_epochs)
-        present = {p.name for p in self.ckpt_dir.glob("*.pth.tar")}
-        hashes = {name: digest for name, digest in hashes.items() if name in present}
-        for name in present - hashes.keys():  # e.g. a BEST_ carried over from the resumed tarball
-            hashes[name] = sha256_file(self.ckpt_dir / name)
-        ckpt.write_manifest(self.ckpt_dir, hashes, self.progress.epoch, self.progress.global_step)
+    def _save_target(self) -> SaveTarget:
+        return SaveTarget(self.out_dir, self.tag, self.cfg.data_name, self.cfg.keep_epochs, self.cfg.keep_tarballs)
 
     def _state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "model": self.model.state_dict(),
-            "model_config": self.model.cfg.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.use_amp else {},
-            "schedule": dict(self.schedule),
-            "rng": rng_by_rank[0],
-            "rng_by_rank": rng_by_rank,  # one per process; a different process count resumes with rank 0's
-            "world_size": self.runtime.world_size,
-            "progress": asdict(self.progress),
-            "loss_window": asdict(self.window),
-            "train_loss": self.last_train_loss,
-            "best": self.best,
-            "last_val": self.last_val,
-            "vocab": self.vocab.to_list(),
-            "image_spec": asdict(self.spec),
-            "data_config": plain(asdict(self.data_cfg)),
-            "train_config": plain(self.cfg.to_dict()),
-            "saved_at": time.time(),
-        }
+        return training_state(
+            model=self.model, model_config=self.model.cfg.to_dict(), optimizer=self.optimizer,
+            scaler=self.scaler.state_dict() if self.use_amp else {}, schedule=self.schedule,
+            rng_by_rank=rng_by_rank, progress=self.progress, window=self.window, train_loss=self.last_train_loss,
+            best=self.best, last_val=self.last_val, vocab=self.vocab.to_list(), image_spec=asdict(self.spec),
+            data_config=asdict(self.data_cfg), train_config=self.cfg.to_dict())
 
     # ---------------------------------------------------------------------------------------- finish
 
@@ -673,7 +424,8 @@ class Trainer:
         if message:
             result["message"] = message
         if self.runtime.is_main_process:
-            atomic_write_json(self.out_dir / RESULT_NAME, result)
+            write_trainer_result(self.out_dir, result)
+        watch.beat("stop", step=p.global_step, epoch=p.epoch, force=True, reason=reason)
         return result
 
     def request_stop(self, signum: int, _frame: object) -> None:
@@ -686,58 +438,7 @@ class Trainer:
 
 
 def run(cfg: TrainConfig, start: float) -> int:
-    """Train as configured; returns the process exit code (docs/architecture.md §2)."""
-    try:
-        runtime = distributed.init_runtime(cfg.device)
-    except RuntimeSetupError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    log = setup_logging(Path(cfg.out_dir), enabled=runtime.is_main_process, rank=runtime.rank)
-    previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
-    code = 1
-    try:
-        code = _setup_and_train(cfg, runtime, start, log)
-        return code
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        close_logging()
-        distributed.shutdown(clean=code == 0)
+    """Train as configured; returns the process exit code (trainer/entry.py, docs/architecture.md §2)."""
+    from trainer.entry import run_training  # the process around the loop; it imports this module
 
-
-def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logging.Logger) -> int:
-    try:
-        trainer = Trainer(cfg, runtime, start)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, trainer.request_stop)
-        trainer.setup()
-    except INPUT_ERRORS as exc:
-        return _input_error(exc)
-    except Exception:
-        log.exception("crashed while setting up")
-        return 1
-    try:
-        trainer.run()
-    except TrainingDiverged as exc:
-        saved = (trainer.ckpt_dir / ckpt.LAST_NAME).is_file()
-        advice = ("nothing was saved after the last checkpoint; resume from it" if saved else
-                  "no checkpoint was saved yet; start again")
-        message = (f"diverged at step {trainer.progress.global_step}: {exc}; {advice} with a lower --lr"
-                   + (" or --no_amp" if trainer.use_amp else ""))
-        log.error(message)
-        trainer._finish("diverged", message)  # trainer_result.json tells the kernel (and kr chain) why
-        return 1
-    except Exception:
-        log.exception(f"crashed at step {trainer.progress.global_step}")
-        return 1
-    return 0
-
-
-def _input_error(exc: BaseException) -> int:
-    """One line on stderr (and in the log), exit code 2; nothing saved has been touched."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    get_logger().error(f"input error: {message}")
-    sys.stderr.write(f"error: {message}\n")
-    return 2
+    return run_training(cfg, start)
