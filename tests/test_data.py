@@ -25,6 +25,7 @@ from trainer.data import (
     prepare_split,
 )
 from trainer.images import ImageSpec
+from trainer.loader import batches, build_loader
 from trainer.synthetic import write_parquet
 from trainer.tokenizer import Vocab
 
@@ -227,9 +228,9 @@ def test_dataloader_with_workers_yields_the_sampler_batches() -> None:
     vocab = Vocab.build(texts)
     split = prepare_split(texts, images, vocab, SPEC, 8)
     sampler = WidthBucketSampler(split.widths, 8, seed=0)
-    loader = torch.utils.data.DataLoader(
-        OcrDataset(split), batch_sampler=sampler, collate_fn=collate, num_workers=2
-    )
-    for batch, indices in zip(loader, sampler.epoch_batches(0), strict=True):
+    # The trainer's own loader: with any TMPDIR (its sockets move to a short folder when needed) and a timeout.
+    loader = build_loader(OcrDataset(split), sampler, workers=2, pin_memory=False, seed=0, timeout_s=120,
+                          collate_fn=collate)
+    for batch, indices in zip(batches(loader), sampler.epoch_batches(0), strict=True):
         assert batch.widths.tolist() == split.widths[indices].tolist()
         assert [vocab.decode(row) for row in batch.tgt_out.tolist()] == [split.texts[i] for i in indices]

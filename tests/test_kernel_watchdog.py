@@ -212,3 +212,62 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return not (stat.is_file() and stat.read_text().split(") ")[-1].startswith("Z"))  # a zombie is dead
+
+
+# The real trainer, with one fault injected from outside its code: the 6th optimizer step never returns (a
+# hang in the middle of training, after epoch 1's checkpoint at step 4).
+STALLING_MAIN = textwrap.dedent(
+    """
+    import sys, threading
+    import torch
+
+    calls = [0]
+    original = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 6:
+            threading.Event().wait()
+        return original(self, *args, **kwargs)
+
+    torch.optim.AdamW.step = step
+    from trainer import real_main
+    sys.exit(real_main.main())
+    """
+)
+
+
+@pytest.mark.slow
+def test_the_real_trainer_stuck_in_a_step_is_stopped_and_its_epoch_checkpoint_kept(tmp_path: Path) -> None:
+    import shutil
+
+    from kaggle_runner import resources
+    from kaggle_runner.config import TrainerArgs
+
+    package = tmp_path / "stalling" / "trainer"
+    shutil.copytree(resources.package_source_dir("trainer"), package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (package / "__main__.py").rename(package / "real_main.py")
+    (package / "__main__.py").write_text(STALLING_MAIN)
+    config = KrConfig(internet=False, trainer=TrainerArgs(
+        model_size="tiny", batch_size=8, synthetic_train=32, synthetic_val=8, synthetic_test=8,
+        extra_args=("--num_workers", "2", "--device", "cpu", "--threads", "1", "--max_target_len", "24")))
+    object.__setattr__(config, "stall_timeout_s", 20)
+    working = tmp_path / "working"
+    working.mkdir()
+    script = render_kernel(config, tmp_path / "kernel", session=SessionSpec(chain_id="chain-a", session=1, epochs=3),
+                           owner="someone", trainer_dir=package).script_path
+    env = dict(os.environ, KR_KAGGLE_INPUT=str(tmp_path / "input"), PYTHONUNBUFFERED="1")
+    began = time.monotonic()
+    result = subprocess.run([sys.executable, str(script)], cwd=working, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == EXIT_STALLED, result.stdout[-4000:] + result.stderr[-3000:]
+    run = json.loads((working / "run.json").read_text())
+    assert run["stop_reason"] == STOP_STALLED and run["stall"]["phase"] == "train", run
+    assert run["stall"]["where"].startswith("trainer/") and "in step" in run["stall"]["where"]
+    assert "in step" in result.stdout  # the stacks are in the log
+    assert 20 <= run["stall"]["silent_s"] < 20 + 60  # stopped within the timeout plus a minute of the stall
+    assert time.monotonic() - began < run["seconds"] + 30
+    with tarfile.open(working / "checkpoints.tar.gz") as archive:
+        manifest = json.load(archive.extractfile("checkpoints/MANIFEST.json"))  # type: ignore[arg-type]
+    assert manifest["step"] == 4  # epoch 1's checkpoint, from before the stall, intact
