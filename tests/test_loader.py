@@ -26,10 +26,10 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="the workers are
 
 
 def deep_folder(root: Path, length: int) -> Path:
-    """A folder whose path is ``length`` characters long."""
+    """A folder whose path is ``length`` characters long (longer when ``root`` already is: CI's TMPDIR is deep)."""
     folder = root / ("d" * max(1, length - len(str(root)) - 1))
     folder.mkdir(parents=True, exist_ok=True)
-    assert len(str(folder)) == length
+    assert len(str(folder)) == max(length, len(str(root)) + 2)
     return folder
 
 
@@ -74,6 +74,7 @@ def test_a_worker_that_cannot_send_its_batch_names_the_cause(tmp_path: Path, mon
     monkeypatch.setattr(tempfile, "tempdir", str(deep_folder(tmp_path, 110)))
     monkeypatch.delitem(multiprocessing.process.current_process()._config, "tempdir", raising=False)
     monkeypatch.setattr(sockets, "_original", None)
+    monkeypatch.setattr(sockets, "_short", None)
     loader = build_loader(Numbers(), pairs(), workers=2, pin_memory=False, seed=0, timeout_s=2)
     with pytest.raises(LoaderError, match="failed to send a batch .*AF_UNIX path too long"):
         list(batches(loader))
@@ -157,3 +158,19 @@ def test_socket_path_limit() -> None:
     assert sockets.socket_path_fits("/tmp")
     assert not sockets.socket_path_fits("/" + "d" * (sockets.AF_UNIX_PATH_MAX - sockets.LISTENER_SUFFIX))
     assert sockets.socket_path_fits("/" + "d" * (sockets.AF_UNIX_PATH_MAX - sockets.LISTENER_SUFFIX - 1))
+
+
+def test_the_switch_holds_when_the_temp_folder_is_reset_to_the_deep_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Code that resets tempfile.tempdir (as each test's isolation does) must not bring the deep folder back."""
+    monkeypatch.setattr(sockets, "_original", None)
+    monkeypatch.setattr(sockets, "_short", None)
+    deep = str(deep_folder(tmp_path, 110))
+    monkeypatch.setattr(tempfile, "tempdir", deep)
+    assert sockets.ensure_short_tempdir() is not None
+    short = tempfile.gettempdir()
+    assert sockets.socket_path_fits(short)
+    tempfile.tempdir = deep
+    assert sockets.ensure_short_tempdir() is None  # noted once
+    assert tempfile.gettempdir() == short and sockets.original_tempdir() == deep

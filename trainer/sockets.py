@@ -25,7 +25,8 @@ AF_UNIX_PATH_MAX = 103 if sys.platform == "darwin" else 107
 LISTENER_SUFFIX = len("/pymp-") + 8 + len("/listener-") + 8
 SHORT_CANDIDATES = ("/tmp", "/var/tmp", "/dev/shm")
 
-_original: str | None = None
+_original: str | None = None  # the temp folder before the first switch
+_short: str | None = None  # the short folder this process made
 
 
 def socket_path_fits(folder: str) -> bool:
@@ -39,26 +40,30 @@ def original_tempdir() -> str:
 
 def ensure_short_tempdir() -> str | None:
     """Switch this process's temp folder to a short private one when sockets under the current one would not
-    fit; returns a one-line note for the log when it did (None otherwise, or when already done)."""
-    global _original
-    if _original is not None:
-        return None
+    fit; returns a one-line note for the log the first time it switched (None otherwise). The current folder is
+    checked each time: code that resets ``tempfile.tempdir`` must not bring the deep folder back unnoticed."""
+    global _original, _short
     current = tempfile.gettempdir()
     if socket_path_fits(current):
         return None
-    short = _make_short_folder()
-    if short is None:
-        return (f"TMPDIR {current} is too deep for multiprocessing's sockets ({len(os.fsencode(current))} + "
-                f"{LISTENER_SUFFIX} > {AF_UNIX_PATH_MAX} bytes) and no short writable folder exists: DataLoader "
-                "workers may fail (the loader's timeout then ends the run); use a shorter TMPDIR")
-    _original = current
-    tempfile.tempdir = short
+    first = _short is None or not os.path.isdir(_short)
+    if first:
+        _short = _make_short_folder()
+        if _short is None:
+            return (f"TMPDIR {current} is too deep for multiprocessing's sockets ({len(os.fsencode(current))} + "
+                    f"{LISTENER_SUFFIX} > {AF_UNIX_PATH_MAX} bytes) and no short writable folder exists: DataLoader "
+                    "workers may fail (the loader's timeout then ends the run); use a shorter TMPDIR")
+        atexit.register(_remove, _short, os.getpid())
+    if _original is None:
+        _original = current
+    tempfile.tempdir = _short
     # multiprocessing keeps the folder it made for its sockets (its own finalizer removes it at exit): forget
     # it, so that the next socket goes under the short folder.
     multiprocessing.process.current_process()._config.pop("tempdir", None)  # type: ignore[attr-defined]
-    atexit.register(_remove, short, os.getpid())
+    if not first:
+        return None
     return (f"TMPDIR {current} is too deep for multiprocessing's sockets ({len(os.fsencode(current))} + "
-            f"{LISTENER_SUFFIX} > {AF_UNIX_PATH_MAX} bytes): using {short} for them instead (removed at exit)")
+            f"{LISTENER_SUFFIX} > {AF_UNIX_PATH_MAX} bytes): using {_short} for them instead (removed at exit)")
 
 
 def _make_short_folder() -> str | None:
