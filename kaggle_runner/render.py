@@ -24,23 +24,19 @@ from typing import Any
 import jinja2
 
 from kaggle_runner import __version__, resources
-from kaggle_runner.config import (
-    CPU_ACCELERATOR,
-    DATASET_SLUG_LEN,
-    GPU_SESSION_LIMIT_S,
-    KrConfig,
-    resolve_username,
-)
+from kaggle_runner.backends.kaggle_credentials import resolve_username
+from kaggle_runner.config import CPU_ACCELERATOR, DATASET_SLUG_LEN, GPU_SESSION_LIMIT_S, KrConfig
 from kaggle_runner.errors import KrError, UsageError
-from kaggle_runner.fsutil import atomic_write_text
-from kaggle_runner.marker import LOG_FILE, MANIFEST_MEMBER, MARKER_FILE, TARBALL_FILE, Marker, marker_problem
+from kr_contract.atomic import atomic_write_text
+from kr_contract.marker import CHECKED_FIELDS, Marker, marker_problem
+from kr_contract.names import MANIFEST_MEMBER, MARKER_FILE, OUTPUT_PATTERN  # noqa: F401 - re-exported
+from kr_contract.names import TARBALL as TARBALL_FILE
+from kr_contract.names import TRAINING_LOG as LOG_FILE
 
 SCRIPT_FILE = "script.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 KERNEL_TEMPLATE = "kernel.py.j2"
-# What kr downloads from a finished session (docs/architecture.md §3).
-OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
 # Modules the trainer imports that a Kaggle image may lack (module -> pip requirement). torch and
 # torchvision are left out on purpose: the image's builds match its CUDA, a pip upgrade would not.
 KERNEL_REQUIREMENTS = {
@@ -226,7 +222,9 @@ def render_script(config: KrConfig, spec: SessionSpec, *, trainer_dir: Path | No
         "tarball_file": TARBALL_FILE,
         "log_file": LOG_FILE,
         "manifest_member": MANIFEST_MEMBER,
-        "marker_problem_source": textwrap.dedent(inspect.getsource(marker_problem)).rstrip(),
+        # kr_contract.marker_problem and the names it uses (the kernel imports nothing of kr before it runs).
+        "marker_problem_source": f"from typing import Any\n\nCHECKED_FIELDS = {CHECKED_FIELDS!r}\n\n\n"
+        + textwrap.dedent(inspect.getsource(marker_problem)).rstrip(),
         "trainer_sha256": digest,
         "trainer_b64": "\n".join(textwrap.wrap(base64.b64encode(archive).decode("ascii"), _B64_LINE)),
     }

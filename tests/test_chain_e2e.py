@@ -21,6 +21,7 @@ import pytest
 
 from kaggle_runner import chain, chain_state
 from kaggle_runner.backends import get_backend
+from kaggle_runner.chain_observer import LineObserver
 from kaggle_runner.config import load_config
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR, Settings
 from tests.emulator_plugin import KEY, USERNAME, TestEmulator
@@ -128,7 +129,8 @@ def drive(
     record: chain_state.ChainRecord, backend: Any, renderer: Any, notify: Any = None
 ) -> chain_state.ChainRecord:
     runner = chain.ChainRunner(
-        record, backend, renderer, timing=chain.Timing().scaled(TIME_SCALE), notify=notify, echo=print
+        record, backend, renderer, timing=chain.Timing().scaled(TIME_SCALE), notify=notify,
+        observer=LineObserver(print),
     )
     with chain_state.chain_lock(record.spec.chain_id):
         return runner.run()

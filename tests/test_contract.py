@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from kr_contract import names
+from kr_contract.atomic import sha256_file
 from kr_contract.errors import ContractError
 from kr_contract.heartbeat import Heartbeat, read_heartbeat
 from kr_contract.marker import Marker, marker_problem, read_marker, write_marker
@@ -26,7 +27,6 @@ from kr_contract.tarball import (
     verify_tarball,
     write_manifest,
 )
-from kr_contract.atomic import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
 

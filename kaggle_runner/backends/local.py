@@ -38,7 +38,7 @@ from kaggle_runner.backends.base import (
     Quota,
 )
 from kaggle_runner.errors import ApiError, UsageError
-from kaggle_runner.runs import state_dir
+from kaggle_runner.home import local_dir
 
 LOCAL_USERNAME = "local"
 QUOTA_ENV_VAR = "KR_LOCAL_GPU_QUOTA_HOURS"
@@ -50,7 +50,7 @@ _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*$")
 
 
 def local_root() -> Path:
-    return state_dir() / "local"
+    return local_dir()
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
