@@ -193,13 +193,18 @@ def load_config(path: Path | None = None, *, project_dir: Path | None = None, wa
         path = find_config(project_dir)
         if path is None:
             return default_config()
+    config = config_from_mapping(read_mapping(path), where=str(path), warn=warn)
+    return dataclasses.replace(config, source=path)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """The settings of a kr.toml (or of a pyproject.toml's [tool.kr]) as parsed, not yet validated."""
     data = _parse_toml(path)
     if path.name == PYPROJECT_FILE:
         data = data.get("tool", {}).get("kr")
         if not isinstance(data, dict):
             raise UsageError(f"{path} has no [tool.kr] table", "add one, or put the settings in kr.toml (`kr init`)")
-    config = config_from_mapping(data, where=str(path), warn=warn)
-    return dataclasses.replace(config, source=path)
+    return data
 
 
 def _parse_toml(path: Path) -> dict[str, Any]:

@@ -33,6 +33,7 @@ import requests
 from kaggle_runner.backends.base import (
     Backend,
     DatasetInfo,
+    Found,
     KernelState,
     KernelStatus,
     PushRequest,
@@ -65,10 +66,14 @@ from kaggle_runner.backends.retry import (
     retry_line,
 )
 from kaggle_runner.errors import ApiError, KrError, UsageError
+from kr_contract.names import MARKER_FILE
 
 T = TypeVar("T")
 
 KERNEL_METADATA = "kernel-metadata.json"
+# Text every kernel script kr renders contains (kaggle_runner.render, kr_kernel): how kr check tells its own
+# kernel from someone else's under the same slug.
+KR_SOURCE_MARKERS = ("kr kernel script", "kr_kernel", "kaggle_runner")
 FOLLOW_POLL_S = 15.0  # polling fallback of follow_logs: the log endpoint is not meant to be hammered
 
 NO_CREDENTIALS_HINT = (
@@ -231,6 +236,13 @@ class KaggleBackend(Backend):
 
     def _latest_version_once(self, ref: str) -> int | None:
         """GetKernel's ``metadata.currentVersionNumber``; None for a kernel Kaggle does not know."""
+        response = self._get_kernel(ref)
+        metadata = response.metadata if response is not None else None
+        number = int(metadata.current_version_number or 0) if metadata is not None else 0
+        return number or None
+
+    def _get_kernel(self, ref: str) -> Any:
+        """GetKernel (metadata and source of the newest version); None for a kernel Kaggle does not know."""
         module = _import_client()
         owner, slug = ref.split("/")[:2]
         request = module.ApiGetKernelRequest()
@@ -238,14 +250,40 @@ class KaggleBackend(Backend):
         request.kernel_slug = slug
         try:
             with self.api.build_kaggle_client() as client:
-                response = client.kernels.kernels_api_client.get_kernel(request)
+                return client.kernels.kernels_api_client.get_kernel(request)
         except requests.exceptions.HTTPError as exc:
             if http_status(exc) == 404:
                 return None
             raise
-        metadata = response.metadata
-        number = int(metadata.current_version_number or 0) if metadata is not None else 0
-        return number or None
+
+    def account(self) -> str:
+        return str(self.api.config_values["username"])
+
+    def find_kernel(self, ref: str) -> Found | None:
+        response = self._call(f"lookup of {ref}", lambda: self._get_kernel(ref))
+        if response is None:
+            return None
+        source = str(getattr(getattr(response, "blob", None), "source", None) or "")
+        return Found(ref, made_by_kr=any(marker in source for marker in KR_SOURCE_MARKERS))
+
+    def find_dataset(self, ref: str) -> Found | None:
+        def get() -> Any:
+            module = _import_client()
+            request = module.ApiGetDatasetRequest()
+            request.owner_slug, request.dataset_slug = ref.split("/")[:2]
+            try:
+                with self.api.build_kaggle_client() as client:
+                    return client.datasets.dataset_api_client.get_dataset(request)
+            except requests.exceptions.HTTPError as exc:
+                if http_status(exc) == 404:
+                    return None
+                raise
+
+        response = self._call(f"lookup of dataset {ref}", get)
+        if response is None:
+            return None
+        names = {str(getattr(f, "name", "") or "") for f in (getattr(response, "files", None) or [])}
+        return Found(ref, made_by_kr=MARKER_FILE in names)
 
     def status(self, ref: str, version: int) -> KernelStatus:
         try:

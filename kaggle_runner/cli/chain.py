@@ -87,6 +87,9 @@ def chain_command(
         bool, typer.Option("--update-config", help="Continue the chain with the current kr.toml's settings.")
     ] = False,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Print each kernel's log as it runs.")] = False,
+    smoke: Annotated[
+        bool, typer.Option("--smoke", help="2 short sessions of a tiny model through the whole loop, timed.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the chain's summary as JSON at the end.")] = False,
 ) -> None:
     """Run N sessions in a row; each resumes from the checkpoint dataset the previous one published."""
@@ -95,10 +98,13 @@ def chain_command(
     if new and update_config:
         raise UsageError("--new already starts from the current kr.toml; --update-config is for an existing chain")
     rerun = RerunOptions(sessions, until_epoch, max_retries, wait_for_quota)
-    record = _open_chain(chain_id, new=new, backend=backend, config_path=config_path, rerun=rerun)
     from kaggle_runner.notify import Notifier
 
     notifier = Notifier(command=notify_cmd, url=notify_url, warn=progress)
+    if smoke:
+        _smoke(chain_id, new, update_config, rerun, config_path, backend, notifier, follow, as_json)
+        return
+    record = _open_chain(chain_id, new=new, backend=backend, config_path=config_path, rerun=rerun)
     with chain_state.chain_lock(record.spec.chain_id):
         record = chain_state.load_chain(record.spec.chain_id)  # what the previous holder of the lock left
         if record.spec.config is None and not update_config:
@@ -109,7 +115,30 @@ def chain_command(
         apply_rerun_options(record, rerun)
         chain_state.save_chain(record)
         config = chain_config(record)
+        finished_before = record.state is chain_state.ChainState.SUCCEEDED
         record = _run_with_display(record, _backend(config), config, notifier, follow=follow)
+    _report(record, as_json)
+    if not finished_before:
+        _show_reading(record)
+
+
+def _smoke(chain_id: str | None, new: bool, update_config: bool, rerun: RerunOptions, config_path: Path | None,
+           backend: str | None, notifier: Notifier, follow: bool, as_json: bool) -> None:
+    """``--smoke``: a new 2-session chain of the user's settings made small (kaggle_runner.smoke), timed."""
+    from kaggle_runner.smoke import SESSIONS, smoke_config, stage_table
+
+    given = [flag for flag, value in (("--chain", chain_id), ("--new", new), ("--update-config", update_config),
+                                      ("--sessions", rerun.sessions), ("--until-epoch", rerun.until_epoch)) if value]
+    if given:
+        raise UsageError(f"--smoke runs a chain of its own: leave out {', '.join(given)}")
+    config = smoke_config(_current_config(config_path, backend))
+    target = _backend(config)
+    progress(f"smoke chain: {SESSIONS} sessions of {config.kernel_slug} (tiny model, a few steps each)")
+    record = new_chain(config, target, RerunOptions(SESSIONS, None, 0, False))
+    with chain_state.chain_lock(record.spec.chain_id):
+        record = _run_with_display(record, target, config, notifier, follow=follow)
+    for line in stage_table(record):
+        progress(line)
     _report(record, as_json)
 
 
@@ -311,6 +340,16 @@ def _report(record: chain_state.ChainRecord, as_json: bool) -> None:
         return
     raise KrError(f"chain {record.spec.chain_id} stopped in {record.state.value}: {record.message}",
                   hint=_hint(record))
+
+
+def _show_reading(record: chain_state.ChainRecord) -> None:
+    """The finished chain's final checkpoint reads a few test images (on stderr: stdout keeps the result)."""
+    from kaggle_runner.reading import show_reading
+    from kr_contract.names import TARBALL
+
+    if record.state is chain_state.ChainState.SUCCEEDED and record.session:
+        tarball = chain_state.chain_dir(record.spec.chain_id) / f"session-{record.session}" / TARBALL
+        show_reading(tarball, f"chain {record.spec.chain_id}, session {record.session}", progress)
 
 
 def _hint(record: chain_state.ChainRecord) -> str:
