@@ -27,12 +27,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kaggle_runner.backends.base import Backend
-from kaggle_runner.chain_core import HISTORY_LIMIT, Notify
+from kaggle_runner.chain_core import HISTORY_LIMIT, Renderer, SessionRequest
 from kaggle_runner.chain_dataset import DatasetSteps
-from kaggle_runner.chain_kernel import Renderer, SessionRequest
 from kaggle_runner.chain_machine import WAITING_STATES, ChainState
-from kaggle_runner.chain_observer import ChainObserver
 from kaggle_runner.chain_policy import (  # noqa: F401 - the policy's constants, as chain.<NAME>
     API_MAX_ATTEMPTS,
     DOWNLOAD_ATTEMPTS,
@@ -41,10 +38,11 @@ from kaggle_runner.chain_policy import (  # noqa: F401 - the policy's constants,
     MAX_STALL_RELAUNCHES,
     POLL_INITIAL_S,
     QUOTA_MARGIN_S,
+    RERUN_REASON,
     TIME_LIMIT_BUDGET_FACTOR,
     Timing,
 )
-from kaggle_runner.chain_state import ChainRecord, Clock
+from kaggle_runner.chain_state import ChainRecord
 from kaggle_runner.errors import KrError
 
 if TYPE_CHECKING:
@@ -76,23 +74,6 @@ def config_renderer(config: KrConfig, owner: str) -> Renderer:
 
 class ChainRunner(DatasetSteps):
     """Drives one chain from its persisted state to a terminal state. Create it under ``chain_lock``."""
-
-    def __init__(
-        self,
-        record: ChainRecord,
-        backend: Backend,
-        renderer: Renderer,
-        *,
-        home: Path | None = None,
-        timing: Timing | None = None,
-        clock: Clock | None = None,
-        notify: Notify | None = None,
-        observer: ChainObserver | None = None,
-        follow_logs: bool = False,
-    ) -> None:
-        super().__init__(record, backend, home=home, timing=timing, clock=clock, notify=notify,
-                         observer=observer, follow_logs=follow_logs)
-        self.renderer = renderer
 
     def run(self) -> ChainRecord:
         """Step until a terminal state. API errors that outlast the backoff escape as ``ApiError`` with the
@@ -157,5 +138,5 @@ class ChainRunner(DatasetSteps):
             self._transition(ChainState.WAITING_DATASET, "resumed by the user")
             return
         if session.attempt.version is not None:
-            session.attempts.append(self._attempt(len(session.attempts) + 1, "resumed", self.spec.session_budget_s))
+            session.attempts.append(self._attempt(len(session.attempts) + 1, RERUN_REASON, self.spec.session_budget_s))
         self._transition(ChainState.CHECKING_QUOTA, "resumed by the user")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +39,21 @@ HISTORY_LIMIT = 500
 Notify = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class SessionRequest:
+    """What one session's kernel must do; the renderer turns it into a kernel folder."""
+
+    chain_id: str
+    session: int
+    expect: dict[str, Any] | None  # marker of the previous session the kernel must find, None for the first
+    dataset_sources: tuple[str, ...]  # the checkpoint dataset to mount (empty for the first session)
+    budget_s: float
+    epochs: int | None
+
+
+Renderer = Callable[[SessionRequest, Path], None]
+
+
 class ChainCore:
     """The runner's state and the primitives its steps are made of. Create the runner under ``chain_lock``."""
 
@@ -45,6 +61,7 @@ class ChainCore:
         self,
         record: ChainRecord,
         backend: Backend,
+        renderer: Renderer,
         *,
         home: Path | None = None,
         timing: Timing | None = None,
@@ -55,6 +72,7 @@ class ChainCore:
     ) -> None:
         self.record = record
         self.backend = backend
+        self.renderer = renderer
         self.home = home or kr_home()
         self.timing = timing or Timing()
         self.clock = clock or SystemClock()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from kaggle_runner.backends.base import KernelState, KernelStatus, PushRefused, PushRequest, Quota
-from kaggle_runner.chain_core import ChainCore
+from kaggle_runner.chain_core import ChainCore, SessionRequest
 from kaggle_runner.chain_machine import ChainState, FailureKind
 from kaggle_runner.chain_observer import KernelFailed
 from kaggle_runner.chain_outputs import (
@@ -29,24 +27,7 @@ from kr_contract.names import OUTPUT_PATTERN, RUN_JSON, TARBALL
 from kr_contract.runjson import read_run_json
 
 
-@dataclass(frozen=True)
-class SessionRequest:
-    """What one session's kernel must do; the renderer turns it into a kernel folder."""
-
-    chain_id: str
-    session: int
-    expect: dict[str, Any] | None  # marker of the previous session the kernel must find, None for the first
-    dataset_sources: tuple[str, ...]  # the checkpoint dataset to mount (empty for the first session)
-    budget_s: float
-    epochs: int | None
-
-
-Renderer = Callable[[SessionRequest, Path], None]
-
-
 class KernelSteps(ChainCore):
-    renderer: Renderer
-
     # -- quota
 
     def _check_quota(self) -> None:

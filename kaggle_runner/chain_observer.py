@@ -141,38 +141,3 @@ class LineObserver(ChainObserver):
 
 def outputs_rejected_line(version: int, problem: str) -> str:
     return f"outputs of version {version} do not verify ({problem}); downloading again"
-
-
-class Observers(ChainObserver):
-    """Several observers as one (the display and a log file, say)."""
-
-    def __init__(self, *observers: ChainObserver) -> None:
-        self.observers = observers
-
-    def state_changed(self, change: StateChange) -> None:
-        for observer in self.observers:
-            observer.state_changed(change)
-
-    def retrying(self, retry: Retrying) -> None:
-        for observer in self.observers:
-            observer.retrying(retry)
-
-    def log_lines(self, lines: Sequence[str]) -> None:
-        for observer in self.observers:
-            observer.log_lines(lines)
-
-    def kernel_failed(self, failed: KernelFailed) -> None:
-        for observer in self.observers:
-            observer.kernel_failed(failed)
-
-    def outputs_rejected(self, version: int, problem: str) -> None:
-        for observer in self.observers:
-            observer.outputs_rejected(version, problem)
-
-    def notification_failed(self, problem: str) -> None:
-        for observer in self.observers:
-            observer.notification_failed(problem)
-
-    def stage_timed(self, stage: str, seconds: float) -> None:
-        for observer in self.observers:
-            observer.stage_timed(stage, seconds)

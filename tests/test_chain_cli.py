@@ -8,16 +8,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from kaggle_runner import chain_state, runs, sandbox
 from kaggle_runner.backends.local import LocalBackend
-from kaggle_runner.cli import app
 from kaggle_runner.config import config_from_mapping
 from kaggle_runner.home import kr_home
+from tests.cli_support import kr
 from tests.emulator_plugin import TestEmulator
 
 SLUG = "kr-snapshot"
@@ -36,20 +34,6 @@ use_huggingface = false
 model_size = "tiny"
 seed = {seed}
 """
-
-
-class Result:
-    def __init__(self, raw: Any) -> None:
-        self.exit_code: int = raw.exit_code
-        self.stdout: str = raw.stdout
-        self.stderr: str = raw.stderr
-
-    def __repr__(self) -> str:
-        return f"exit {self.exit_code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-
-
-def kr(*args: str) -> Result:
-    return Result(CliRunner().invoke(app, list(args)))
 
 
 @pytest.fixture(autouse=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +13,7 @@ from typer.testing import CliRunner
 from kaggle_runner import model_sizes
 from kaggle_runner.cli import app
 from kaggle_runner.emulator import Settings
+from tests.cli_support import Result
 from tests.emulator_plugin import KEY, USERNAME, TestEmulator
 
 GOOD = """\
@@ -35,12 +35,7 @@ def emulator_settings() -> Settings:
     return Settings(accounts={USERNAME: KEY, "alice": "alices-key"}, time_scale=0.001)
 
 
-class Result:
-    def __init__(self, raw: Any) -> None:
-        self.exit_code: int = raw.exit_code
-        self.stdout: str = raw.stdout
-        self.stderr: str = raw.stderr
-
+class Checked(Result):
     def lines(self, status: str) -> dict[str, str]:
         """check name -> its line, for the lines of one status."""
         found = {}
@@ -50,13 +45,10 @@ class Result:
                 found[parts[1]] = parts[2]
         return found
 
-    def __repr__(self) -> str:
-        return f"exit {self.exit_code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
 
-
-def check(folder: Path, *args: str, toml: str = GOOD) -> Result:
+def check(folder: Path, *args: str, toml: str = GOOD) -> Checked:
     (folder / "kr.toml").write_text(toml)
-    return Result(CliRunner().invoke(app, ["--config", str(folder / "kr.toml"), "check", *args]))
+    return Checked(CliRunner().invoke(app, ["--config", str(folder / "kr.toml"), "check", *args]))
 
 
 def test_a_good_set_up_passes_and_prints_no_credential(kaggle_emulator: TestEmulator, tmp_path: Path) -> None:
@@ -69,7 +61,7 @@ def test_a_good_set_up_passes_and_prints_no_credential(kaggle_emulator: TestEmul
     assert "testuser/kr-check is free" in passed["kernel"]
     assert "kB" in passed["script"] and "base" in passed["checkpoint"]
     assert KEY not in result.stdout + result.stderr
-    as_json = Result(CliRunner().invoke(app, ["--config", str(tmp_path / "kr.toml"), "check", "--json"]))
+    as_json = Checked(CliRunner().invoke(app, ["--config", str(tmp_path / "kr.toml"), "check", "--json"]))
     data = json.loads(as_json.stdout)
     assert data["passed"] is True and {c["status"] for c in data["checks"]} == {"ok"}
 
@@ -139,7 +131,7 @@ def test_quota_too_small_for_the_chain(kaggle_emulator: TestEmulator, tmp_path: 
 def test_local_backend_in_a_folder_made_by_kr_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert CliRunner().invoke(app, ["init", "--yes", "--backend", "local"]).exit_code == 0
-    result = Result(CliRunner().invoke(app, ["check", "--backend", "local"]))
+    result = Checked(CliRunner().invoke(app, ["check", "--backend", "local"]))
     assert result.exit_code == 0, result
     assert {"config", "trainer", "kernel", "dataset", "script", "checkpoint"} <= set(result.lines("ok"))
 
