@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kr_contract.errors import ContractError
+from kr_contract.tarball import verify_tarball
+
 SAMPLES = 6
 WORKER_TIMEOUT_S = 300.0  # loading torch and the data, decoding a handful of images: seconds, on any machine
 COLUMN = 44  # the reference column's width; longer formulas are cut with an ellipsis
@@ -33,9 +36,13 @@ class Reading:
 
 
 def read_test_images(checkpoint: Path, samples: int = SAMPLES) -> Reading | str:
-    """The reading of ``samples`` test images, or a one-line note why there is none."""
+    """The reading of ``samples`` test images by a checkpoints tarball, or a one-line note why there is none."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("trainer") is None:
         return "the model's reading of test images needs torch here: pip install 'kaggle-runner[train]'"
+    try:
+        verify_tarball(checkpoint)  # a damaged file is said at once, without starting torch for it
+    except ContractError as exc:
+        return f"no reading of test images ({exc})"
     try:
         done = subprocess.run(
             [sys.executable, "-m", "kaggle_runner.reading_worker", str(checkpoint), "--samples", str(samples)],

@@ -15,6 +15,8 @@ from kaggle_runner.config import config_from_mapping, default_config
 from kaggle_runner.emulator import Settings
 from kaggle_runner.reading import Reading, read_test_images, reading_lines
 from kaggle_runner.smoke import STAGES, smoke_config, suffixed
+from kr_contract.atomic import sha256_file
+from kr_contract.tarball import pack_tarball
 from tests.emulator_plugin import KEY, USERNAME, TestEmulator
 
 TIME_SCALE = "0.005"
@@ -111,4 +113,11 @@ def test_a_reading_that_fails_is_one_line_not_a_crash(tmp_path: Path) -> None:
     broken = tmp_path / "checkpoints.tar.gz"
     broken.write_bytes(b"not a tarball")
     note = read_test_images(broken)
+    assert isinstance(note, str) and note.startswith("no reading of test images (") and "\n" not in note
+    # A tarball that verifies but holds no model: the worker fails, and says so in one line.
+    (tmp_path / "last.pth.tar").write_bytes(b"no torch state in here")
+    packed = tmp_path / "packed.tar.gz"
+    pack_tarball(packed, {tmp_path / "last.pth.tar": sha256_file(tmp_path / "last.pth.tar")}, epoch=1, step=1,
+                 format_version=1)
+    note = read_test_images(packed)
     assert isinstance(note, str) and note.startswith("no reading of test images (") and "\n" not in note
