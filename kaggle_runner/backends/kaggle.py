@@ -243,14 +243,21 @@ class KaggleBackend(Backend):
 
     def _get_kernel(self, ref: str) -> Any:
         """GetKernel (metadata and source of the newest version); None for a kernel Kaggle does not know."""
-        module = _import_client()
-        owner, slug = ref.split("/")[:2]
-        request = module.ApiGetKernelRequest()
-        request.user_name = owner
-        request.kernel_slug = slug
+        request = _import_client().ApiGetKernelRequest()
+        request.user_name, request.kernel_slug = ref.split("/")[:2]
+        return self._read_or_none(lambda client: client.kernels.kernels_api_client.get_kernel(request))
+
+    def _get_dataset(self, ref: str) -> Any:
+        """GetDataset (its files, its newest version); None for a dataset Kaggle does not know."""
+        request = _import_client().ApiGetDatasetRequest()
+        request.owner_slug, request.dataset_slug = ref.split("/")[:2]
+        return self._read_or_none(lambda client: client.datasets.dataset_api_client.get_dataset(request))
+
+    def _read_or_none(self, read: Callable[[Any], T]) -> T | None:
+        """One read through the client's typed services; a 404 is None."""
         try:
             with self.api.build_kaggle_client() as client:
-                return client.kernels.kernels_api_client.get_kernel(request)
+                return read(client)
         except requests.exceptions.HTTPError as exc:
             if http_status(exc) == 404:
                 return None
@@ -267,19 +274,7 @@ class KaggleBackend(Backend):
         return Found(ref, made_by_kr=any(marker in source for marker in KR_SOURCE_MARKERS))
 
     def find_dataset(self, ref: str) -> Found | None:
-        def get() -> Any:
-            module = _import_client()
-            request = module.ApiGetDatasetRequest()
-            request.owner_slug, request.dataset_slug = ref.split("/")[:2]
-            try:
-                with self.api.build_kaggle_client() as client:
-                    return client.datasets.dataset_api_client.get_dataset(request)
-            except requests.exceptions.HTTPError as exc:
-                if http_status(exc) == 404:
-                    return None
-                raise
-
-        response = self._call(f"lookup of dataset {ref}", get)
+        response = self._call(f"lookup of dataset {ref}", lambda: self._get_dataset(ref))
         if response is None:
             return None
         names = {str(getattr(f, "name", "") or "") for f in (getattr(response, "files", None) or [])}
