@@ -205,6 +205,9 @@ def _existing_parent(config: KrConfig) -> Path:
 def quota_check(backend: Backend, config: KrConfig, sessions: int) -> Check:
     if config.effective_accelerator == CPU_ACCELERATOR:
         return ok("quota", "a CPU kernel uses no GPU quota")
+    if config.uses_tpu:
+        return warning("quota", "the API reports the GPU quota only: a TPU's weekly hours are not checked",
+                       "see the TPU hours left on kaggle.com before a long chain")
     quota = backend.quota()
     remaining = quota.remaining_s
     budget = float(config.session_budget_s)

@@ -147,3 +147,9 @@ def test_the_size_table_is_the_real_model() -> None:
             assert sum(p.numel() for p in model.parameters()) == model_sizes.parameters(size, vocab), size
     # Measured base tarball (bench/README.md, checkpoint_io.py): 485.1 MB; the estimate bounds it from above.
     assert 485e6 <= model_sizes.tarball_bytes("base") <= 1.1 * 485e6
+
+
+def test_a_tpu_chain_is_told_its_quota_is_not_checked(kaggle_emulator: TestEmulator, tmp_path: Path) -> None:
+    result = check(tmp_path, toml=GOOD.replace('"NvidiaTeslaT4"', '"TpuV5E8"'))
+    assert result.exit_code == 0, result
+    assert "GPU quota only" in result.lines("warning")["quota"]
