@@ -102,15 +102,15 @@ def test_trainer_archive_is_sorted_normalised_and_clean(trainer_pkg: Path) -> No
 
 
 def test_kaggle_runner_modules_the_trainer_imports_are_embedded(trainer_pkg: Path) -> None:
-    (trainer_pkg / "sub" / "save.py").write_text("from kaggle_runner.fsutil import sha256_file\n")
+    (trainer_pkg / "sub" / "save.py").write_text("from kaggle_runner.errors import KrError\n")
     with tarfile.open(fileobj=io.BytesIO(trainer_archive(trainer_pkg))) as archive:
         names = archive.getnames()
-        fsutil = archive.extractfile("kaggle_runner/fsutil.py")
+        errors = archive.extractfile("kaggle_runner/errors.py")
         assert (
-            fsutil is not None
-            and fsutil.read() == Path(resources.__file__).with_name("fsutil.py").read_bytes()
+            errors is not None
+            and errors.read() == Path(resources.__file__).with_name("errors.py").read_bytes()
         )
-    assert names[:2] == ["kaggle_runner/__init__.py", "kaggle_runner/fsutil.py"]
+    assert names[:2] == ["kaggle_runner/__init__.py", "kaggle_runner/errors.py"]
     assert "kaggle_runner/config.py" not in names
 
 
