@@ -1,15 +1,14 @@
-"""The chain's persisted state: ``ChainState``, the records saved in ``$KR_HOME/runs/<chain_id>/chain.json``
-at every transition, and the functions that create, load, list, find and lock them.
+"""The chain's persisted state: the records saved in ``$KR_HOME/runs/<chain_id>/chain.json`` at every
+transition, and the functions that create, load, list, find and lock them.
 
-Nothing here talks to a backend: ``kaggle_runner/chain.py`` drives the state machine, ``chain_outputs.py``
-checks what a session left, ``chain_summary.py`` turns records into ``kr status`` rows.
+Nothing here talks to a backend: ``chain_machine.py`` declares the states and their transitions,
+``kaggle_runner/chain.py`` drives them, ``chain_outputs.py`` checks what a session left, ``chain_summary.py``
+turns records into ``kr status`` rows. ``ChainState`` and ``FailureKind`` are re-exported from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
-import os
 import secrets
 import time
 from collections.abc import Iterator
@@ -19,80 +18,20 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from kaggle_runner.chain_machine import (  # noqa: F401 - re-exported: the records' vocabulary
+    FAILED_STATES,
+    TERMINAL_STATES,
+    WAITING_STATES,
+    ChainState,
+    FailureKind,
+)
 from kaggle_runner.errors import KrError, UsageError
-from kaggle_runner.fsutil import atomic_write_json, read_json
+from kaggle_runner.home import runs_dir
+from kr_contract.atomic import atomic_write_json, read_json
 
 FORMAT_VERSION = 1
 
 T = TypeVar("T")
-
-
-class ChainState(str, enum.Enum):
-    """Where a chain stands. Session-scoped states apply to ``ChainRecord.session``."""
-
-    NEW = "new"  # chain.json written, no session begun
-    CHECKING_QUOTA = "checking_quota"  # comparing the weekly GPU quota left with the session's budget
-    RENDERING = "rendering"  # writing the session's kernel folder
-    PUSHING = "pushing"  # intent + pre-push version recorded; the push may or may not have gone through
-    RUNNING = "running"  # the pushed version is known; polling it until it ends
-    DOWNLOADING = "downloading"  # the kernel completed; fetching and verifying its outputs
-    PUBLISHING = "publishing"  # outputs verified; uploading them as a new checkpoint dataset version
-    WAITING_DATASET = "waiting_dataset"  # uploaded; waiting for "ready" at a higher version number
-    WAITING_GPU_SLOT = "waiting_gpu_slot"  # push refused: the account's concurrent GPU sessions are in use
-    WAITING_QUOTA = "waiting_quota"  # weekly quota too low; waiting for its reset (--wait-for-quota)
-    WAITING_STALE_INPUT = "waiting_stale_input"  # the kernel mounted an older dataset version; relaunch soon
-    WAITING_RETRY = "waiting_retry"  # the kernel failed; pausing before the next attempt
-    SUCCEEDED = "succeeded"  # every session done (or --until-epoch reached); final model published
-    FAILED_KERNEL = "failed_kernel"  # the kernel kept failing: more than --max-retries errors
-    FAILED_TIME_LIMIT = "failed_time_limit"  # killed at the time limit even with shorter budgets
-    FAILED_QUOTA = "failed_quota"  # weekly GPU quota exhausted and not waiting for its reset
-    FAILED_DATASET = "failed_dataset"  # the checkpoint dataset stayed in processing past the timeout
-    FAILED_STALE_INPUT = "failed_stale_input"  # the kernel kept mounting an old dataset version
-    FAILED_REFUSED = "failed_refused"  # the backend refused the push for a reason waiting does not fix
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
-    @property
-    def is_failed(self) -> bool:
-        return self in FAILED_STATES
-
-    @property
-    def is_waiting(self) -> bool:
-        return self in WAITING_STATES
-
-
-FAILED_STATES = frozenset(
-    {
-        ChainState.FAILED_KERNEL,
-        ChainState.FAILED_TIME_LIMIT,
-        ChainState.FAILED_QUOTA,
-        ChainState.FAILED_DATASET,
-        ChainState.FAILED_STALE_INPUT,
-        ChainState.FAILED_REFUSED,
-    }
-)
-TERMINAL_STATES = FAILED_STATES | {ChainState.SUCCEEDED}
-# States that sleep until ``ChainRecord.wait_until`` and then go back to CHECKING_QUOTA.
-WAITING_STATES = frozenset(
-    {
-        ChainState.WAITING_GPU_SLOT,
-        ChainState.WAITING_QUOTA,
-        ChainState.WAITING_STALE_INPUT,
-        ChainState.WAITING_RETRY,
-    }
-)
-
-
-class FailureKind(str, enum.Enum):
-    """Why a pushed kernel version did not complete; each kind has its own retry policy."""
-
-    KERNEL_ERROR = "kernel_error"  # user code failed: counts against --max-retries
-    TIME_LIMIT = "time_limit"  # killed at the session limit without outputs: retried with a shorter budget
-    STALE_INPUT = "stale_input"  # mounted an older checkpoint version: relaunched, not the user's fault
-    BAD_OUTPUTS = "bad_outputs"  # completed, but its outputs never verified: counts like a kernel error
-    DIVERGED = "diverged"  # the loss went non-finite: a retry from the same checkpoint would repeat it, so none
 
 
 class Clock(Protocol):
@@ -116,7 +55,8 @@ class SystemClock:
 
 @dataclass
 class ChainSpec:
-    """What the chain was asked to do; fixed at creation except ``sessions`` (a rerun may extend it)."""
+    """What the chain was asked to do. Fixed at creation except what a rerun may change (``sessions``,
+    ``until_epoch``, ``max_retries``, ``wait_for_quota``), and ``--update-config`` (a new ``config``)."""
 
     chain_id: str
     backend: str
@@ -129,7 +69,9 @@ class ChainSpec:
     max_retries: int = 2
     wait_for_quota: bool = False
     accelerator: str | None = None
-    config_path: str | None = None
+    config_path: str | None = None  # the kr.toml the snapshot was taken from, for messages
+    # The resolved configuration (``KrConfig.to_mapping()``) at creation: every session renders from it.
+    config: dict[str, Any] | None = None
 
 
 @dataclass
@@ -149,6 +91,8 @@ class Attempt:
     outcome: str | None = None  # "complete" or a FailureKind value
     failure_message: str | None = None
     log_excerpt: str | None = None
+    render_started_at: float | None = None
+    stall: dict[str, Any] | None = None  # run.json's ``stall`` when the watchdog stopped this attempt
 
 
 @dataclass
@@ -170,7 +114,9 @@ class SessionRecord:
     error_retries: int = 0
     time_limit_retries: int = 0
     stale_relaunches: int = 0
+    stall_relaunches: int = 0
     gpu_wait_started_at: float | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage: push, queue, run, ...
 
     @property
     def attempt(self) -> Attempt:
@@ -220,18 +166,8 @@ def _build(kind: type[T], data: dict[str, Any]) -> T:
 # --------------------------------------------------------------------------------------------- storage
 
 
-def kr_home() -> Path:
-    """kr's state directory: ``$KR_HOME`` or the platform's user data folder."""
-    env = os.environ.get("KR_HOME")
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("kaggle-runner"))
-
-
 def chain_dir(chain_id: str, home: Path | None = None) -> Path:
-    return (home or kr_home()) / "runs" / chain_id
+    return runs_dir(home) / chain_id
 
 
 def chain_file(chain_id: str, home: Path | None = None) -> Path:
@@ -256,7 +192,7 @@ def load_chain(chain_id: str, home: Path | None = None) -> ChainRecord:
 
 def list_chains(home: Path | None = None) -> list[ChainRecord]:
     """Every readable chain under ``runs/``, oldest first."""
-    runs = (home or kr_home()) / "runs"
+    runs = runs_dir(home)
     records = []
     for path in sorted(runs.glob("*/chain.json")) if runs.is_dir() else []:
         try:

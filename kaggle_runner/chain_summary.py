@@ -42,6 +42,7 @@ def summarize(record: ChainRecord, home: Path | None = None) -> dict[str, Any]:
         "message": record.message,
         "halted": record.halted,
         "active": is_locked(record.spec.chain_id, home),
+        "stages": {str(s.index): dict(s.stages) for s in record.sessions},
         "updated_at": record.updated_at,
         "folder": str(chain_dir(record.spec.chain_id, home)),
     }

@@ -1,8 +1,9 @@
-"""Read the trainer's machine-readable metric lines (``training.log``) and the kernel's ``run.json``.
+"""The training history of a run or a chain, from the trainer's metric lines (``training.log``) and the
+kernel's ``run.json``.
 
-The contract (docs/architecture.md §2): after the timestamp and the level, a metric line starts with its kind
-(``train``, ``val``, ``checkpoint``, ``stop``) followed by ``key=value`` fields. Anything else in the log is
-free text and is skipped.
+Both formats are the contract's (``kr_contract.metric_lines`` parses a line, ``kr_contract.runjson`` reads
+run.json); this module merges them. A metric line's kind (``train``, ``val``, ``checkpoint``, ``stop``, ...)
+is followed by ``key=value`` fields; anything else in the log is free text and is skipped.
 
 A chain's logs overlap: the kernel copies the previous session's ``training.log`` into its working dir and the
 trainer appends to it, so session k's log is session k-1's log plus new lines. Records are therefore
@@ -13,40 +14,20 @@ Pure Python: no torch, no matplotlib, so ``kr status`` and the live display can 
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-# What the history keeps; ``start`` (where a trainer run began: epoch, step) is parsed for the live display.
+from kr_contract.errors import ContractError
+from kr_contract.metric_lines import VAL_METRICS, MetricLine, parse_metric_line
+from kr_contract.names import RUN_JSON, TRAINING_LOG
+from kr_contract.runjson import read_run_json
+
+# What the history keeps (the live display also reads ``start``: where a trainer run began).
 HISTORY_KINDS = ("train", "val", "checkpoint", "stop")
-METRIC_KINDS = (*HISTORY_KINDS, "start")
-VAL_METRICS = ("bleu4", "exact_match", "edit_distance", "edit_score", "loss")
-LOG_NAME = "training.log"
-RUN_JSON_NAME = "run.json"
-
-# The kind must follow a logging level and be followed only by key=value fields. The search is not anchored
-# at the start so that lines with an extra prefix (Kaggle's streamed log adds elapsed seconds) parse too.
-_METRIC_LINE = re.compile(
-    r"\b(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)[ \t]+(train|val|checkpoint|stop|start)((?:[ \t]+[A-Za-z_][\w.]*=\S*)+)\s*$"
-)
-# The timestamp just before the level (Python logging's asctime, with or without milliseconds).
-_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:[.,]\d+)?[ \t]+$")
-
-Value = int | float | str
-
-
-@dataclass(frozen=True)
-class MetricLine:
-    """One metric line as written: its kind, its timestamp if any, and its fields with numbers converted."""
-
-    kind: str
-    fields: dict[str, Value]
-    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -165,23 +146,6 @@ class TrainingHistory:
         return min(steps) if steps else None
 
 
-def parse_metric_line(line: str) -> MetricLine | None:
-    """The metric record on ``line``, or None for free text."""
-    if "=" not in line:
-        return None  # most free text: skip the regex
-    match = _METRIC_LINE.search(line)
-    if match is None:
-        return None
-    fields = {}
-    for token in match.group(2).split():
-        key, _, value = token.partition("=")
-        fields[key] = _convert(value)
-    stamp = _TIMESTAMP.search(line, 0, match.start())
-    return MetricLine(
-        kind=match.group(1), fields=fields, timestamp=_parse_timestamp(stamp.group(1) if stamp else None)
-    )
-
-
 def complete_lines(text: str) -> list[str]:
     """The lines of ``text`` that were fully written: a last line without its newline may be cut mid-number."""
     lines = text.split("\n")
@@ -217,7 +181,7 @@ def load_history(sessions: Sequence[SessionFiles]) -> TrainingHistory:
             _merge_lines(history, complete_lines(_new_part(text, previous)), files.session, seen)
             previous = text
         if files.run_json is not None:
-            run = read_run_json(files.run_json, session=files.session, warnings=history.warnings)
+            run = read_session_run(files.run_json, session=files.session, warnings=history.warnings)
             if run is not None:
                 history.runs.append(run)
     _sort(history)
@@ -234,18 +198,15 @@ def _new_part(text: str, previous: str) -> str:
 
 def session_files(folder: Path, session: int) -> SessionFiles:
     """The training.log / run.json found in one downloaded-output folder."""
-    return SessionFiles(session, _existing(folder / LOG_NAME), _existing(folder / RUN_JSON_NAME))
+    return SessionFiles(session, _existing(folder / TRAINING_LOG), _existing(folder / RUN_JSON))
 
 
-def read_run_json(path: Path, *, session: int, warnings: list[str] | None = None) -> SessionRun | None:
+def read_session_run(path: Path, *, session: int, warnings: list[str] | None = None) -> SessionRun | None:
     """The summary of one kernel run; None (and a warning) if the file is not the JSON object it should be."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        _warn(warnings, f"{path}: unreadable run.json ({exc.__class__.__name__}), ignored")
-        return None
-    if not isinstance(raw, dict):
-        _warn(warnings, f"{path}: run.json is not a JSON object, ignored")
+        raw = read_run_json(path)
+    except ContractError as exc:
+        _warn(warnings, f"{path}: {exc}, ignored")
         return None
     result = _as_dict(raw.get("result"))
     best = _as_dict(result.get("best"))
@@ -324,26 +285,6 @@ def _read_text(path: Path, history: TrainingHistory) -> str | None:
 
 def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
-
-
-def _convert(value: str) -> Value:
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
-def _parse_timestamp(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("T", " "))
-    except ValueError:
-        return None
 
 
 def _as_int(value: object) -> int | None:

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kaggle_runner.errors import UsageError
-from kaggle_runner.fsutil import atomic_write_bytes
 from kaggle_runner.metrics_log import (
-    LOG_NAME,
-    RUN_JSON_NAME,
     SessionFiles,
     TrainingHistory,
     load_history,
     session_files,
 )
+from kr_contract.atomic import atomic_write_bytes
+from kr_contract.names import RUN_JSON, TRAINING_LOG
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -94,12 +93,12 @@ def sources_in_folder(folder: Path, name: str | None = None) -> PlotSource:
     sessions = [s for s in sessions if s.log is not None or s.run_json is not None]
     if sessions:
         return PlotSource(name, sessions)
-    if (folder / LOG_NAME).is_file() or (folder / RUN_JSON_NAME).is_file():
+    if (folder / TRAINING_LOG).is_file() or (folder / RUN_JSON).is_file():
         return PlotSource(name, [session_files(folder, 1)])
     if (folder / "output").is_dir():
         return sources_in_folder(folder / "output", name)
     raise UsageError(
-        f"no {LOG_NAME} in {folder} (nor in session-<k>/ or output/ below it)",
+        f"no {TRAINING_LOG} in {folder} (nor in session-<k>/ or output/ below it)",
         hint="download the outputs first (kr chain / kr launch --wait do), or pass a training.log",
     )
 
@@ -109,7 +108,7 @@ def resolve_source(target: str | None) -> PlotSource:
     if target is not None:
         path = Path(target).expanduser()
         if path.is_file():
-            run_json = path.parent / RUN_JSON_NAME
+            run_json = path.parent / RUN_JSON
             return PlotSource(_name_for_log(path), [SessionFiles(1, path, _if_file(run_json))])
         if path.is_dir():
             return sources_in_folder(path)

@@ -5,7 +5,8 @@ On a terminal: a rich Live panel with the session's state, elapsed and remaining
 CI): plain timestamped lines, one per change of state and at most one progress line per interval.
 
 Everything goes to stderr: stdout carries only results, so ``--json`` output stays clean whatever the
-display does. Usage::
+display does. It is also ``kr chain``'s ``ChainObserver``: state changes, retries and the kernel's log lines
+arrive as typed calls. Usage::
 
     with SessionProgress(title="alice/kr-ocr v3", total_steps=5000, budget_s=43200) as progress:
         while waiting:
@@ -18,10 +19,10 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -30,15 +31,22 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from kaggle_runner.metrics_log import MetricLine, parse_metric_line
+from kaggle_runner.chain_machine import ChainState
+from kaggle_runner.chain_observer import (
+    ChainObserver,
+    KernelFailed,
+    Retrying,
+    StateChange,
+    outputs_rejected_line,
+)
+from kr_contract.metric_lines import MetricLine, parse_metric_line
 
 LOG_TAIL_LINES = 8
 PLAIN_INTERVAL_S = 60.0  # a progress line at most this often in plain mode: a 12-hour session stays readable
 REFRESH_PER_SECOND = 2
-LOG_ECHO_PREFIX = "  | "  # how ChainRunner echoes a streamed kernel log line
 
 
-class SessionProgress:
+class SessionProgress(ChainObserver):
     """Shows where a waiting session stands; ``update`` it whenever something new is known."""
 
     def __init__(
@@ -83,7 +91,7 @@ class SessionProgress:
         self._unprinted = False  # progress seen that no plain line has shown yet
         self._lock = threading.Lock()
         self._live: Live | None = None
-        self._session: object = None  # the chain session shown, for chain_event
+        self._session: int | None = None  # the chain session shown (state_changed)
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -129,31 +137,41 @@ class SessionProgress:
         elif self._live is not None:
             self._live.refresh()
 
-    def echo(self, line: str) -> None:
-        """A line from ``ChainRunner``'s ``echo``: streamed log lines (``LOG_ECHO_PREFIX``) join the log tail,
-        anything else (state changes, warnings) is printed as a note."""
-        if line.startswith(LOG_ECHO_PREFIX):
-            self.update(log_lines=[line[len(LOG_ECHO_PREFIX) :]])
-        else:
-            self.note(line)
+    # ------------------------------------------------------------------------------------ ChainObserver
 
-    def chain_event(self, event: Mapping[str, Any]) -> None:
-        """A ``ChainRunner`` ``notify`` event: the title follows the session, the clock restarts whenever a
-        kernel is pushed and starts running. Quiet in plain mode: ``echo`` already printed the transition."""
-        session, sessions, chain = event.get("session"), event.get("sessions"), event.get("chain", "chain")
+    def state_changed(self, change: StateChange) -> None:
+        """A chain's transition: printed once as a line; the title follows the session, and the clock restarts
+        whenever a kernel is pushed and starts running."""
+        self.note(change.line())
         with self._lock:
-            if session != self._session:
-                self._session = session
+            if change.session != self._session:
+                self._session = change.session
                 self.last_train, self.last_val = None, None
                 self.log_tail.clear()
-            if event.get("state") == "running":
-                at = event.get("at")
-                self.started_at = float(at) if isinstance(at, (int, float)) else self._clock()
-            self.title = f"{chain} · session {session}/{sessions}" if session else str(chain)
-            self.state = str(event.get("state", self.state))
-            self.message = event.get("message") or None
+            if change.state is ChainState.RUNNING:
+                self.started_at = change.at
+            where = f" · session {change.session}/{change.sessions}" if change.session else ""
+            self.title = f"{change.chain_id}{where}"
+            self.state = change.state.value
+            self.message = change.message or None
         if self._live is not None:
             self._live.refresh()
+
+    def log_lines(self, lines: Sequence[str]) -> None:
+        self.update(log_lines=lines)
+
+    def retrying(self, retry: Retrying) -> None:
+        self.note(retry.line())
+
+    def kernel_failed(self, failed: KernelFailed) -> None:
+        for line in failed.lines():
+            self.note(line)
+
+    def outputs_rejected(self, version: int, problem: str) -> None:
+        self.note(outputs_rejected_line(version, problem))
+
+    def notification_failed(self, problem: str) -> None:
+        self.note(f"notification failed: {problem}")
 
     def note(self, text: str) -> None:
         """A one-off line (e.g. "downloading outputs") printed above the display, or as a plain line."""

@@ -23,19 +23,11 @@ from typing import Any
 import jinja2
 
 from kaggle_runner import __version__, resources
-from kaggle_runner.config import (
-    CPU_ACCELERATOR,
-    DATASET_SLUG_LEN,
-    GPU_SESSION_LIMIT_S,
-    KrConfig,
-    resolve_username,
-)
+from kaggle_runner.backends.kaggle_credentials import resolve_username
+from kaggle_runner.config import CPU_ACCELERATOR, DATASET_SLUG_LEN, GPU_SESSION_LIMIT_S, KrConfig
 from kaggle_runner.errors import KrError, UsageError
 from kr_contract.atomic import atomic_write_text
 from kr_contract.marker import Marker
-
-# The watchdog's timeout when the configuration names none (kr_kernel.settings has the same default).
-DEFAULT_STALL_TIMEOUT_S = 900.0
 
 SCRIPT_FILE = "script.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"
@@ -208,7 +200,7 @@ def kernel_settings(config: KrConfig, spec: SessionSpec, archive_sha256: str) ->
         "trainer_sha256": archive_sha256,
         "internet": config.internet,
         "requirements": dict(KERNEL_REQUIREMENTS),
-        "stall_timeout_s": float(getattr(config, "stall_timeout_s", DEFAULT_STALL_TIMEOUT_S)),
+        "stall_timeout_s": float(config.stall_timeout_s),
     }
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -20,21 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import platformdirs
-
 from kaggle_runner.backends.base import Backend, KernelState, PushRequest
 from kaggle_runner.errors import ApiError, KrError, UsageError
-from kaggle_runner.fsutil import atomic_write_json, read_json
+from kaggle_runner.home import runs_dir
+from kr_contract.atomic import atomic_write_json, read_json
+from kr_contract.names import OUTPUT_PATTERN
 
 if TYPE_CHECKING:
     from kaggle_runner.config import KrConfig
 
-STATE_DIR_ENV_VAR = "KR_HOME"
 RECORD_FILE = "record.json"
 KERNEL_FOLDER = "kernel"  # the rendered folder that was pushed, kept for inspection
 OUTPUT_FOLDER = "output"
-# What kr downloads by default (docs/architecture.md §3); --all takes every output file.
-OUTPUT_PATTERN = r"^(checkpoints\.tar\.gz|training\.log|run\.json)$"
 # Polling a kernel: gentle on Kaggle (rate limits are unpublished), quick on this machine.
 POLL_INTERVAL_S = {"kaggle": 30.0, "local": 1.0}
 DEFAULT_POLL_INTERVAL_S = 30.0
@@ -45,16 +41,6 @@ _RUN_ID_RE = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{4}$")
 LAUNCH_CHAIN_ID = "launch"
 LAUNCH_SESSION = 0
 MAX_TIMEOUT_S = 12 * 3600  # Kaggle's longest GPU session
-
-
-def state_dir() -> Path:
-    """kr's state directory: ``$KR_HOME``, else the platform's user data dir."""
-    explicit = os.environ.get(STATE_DIR_ENV_VAR)
-    return Path(explicit) if explicit else Path(platformdirs.user_data_dir("kaggle-runner"))
-
-
-def runs_dir() -> Path:
-    return state_dir() / "runs"
 
 
 def _now_iso() -> str:
@@ -297,7 +283,8 @@ def wait(
 
 
 def download(record: RunRecord, backend: Backend, *, all_files: bool = False) -> RunRecord:
-    """Fetch the run's outputs into ``runs/<id>/output``; the previous download stays until this one is whole."""
+    """Fetch the run's outputs (``OUTPUT_PATTERN``, or all with ``all_files``) into ``runs/<id>/output``; the
+    previous download stays until this one is whole."""
     staging = Path(tempfile.mkdtemp(prefix=".output-", dir=record.folder))
     try:
         files = backend.download(
@@ -329,11 +316,6 @@ def follow_logs(record: RunRecord, backend: Backend) -> Iterator[str]:
         yield from backend.logs(record.ref, record.version).splitlines()
     else:
         yield from backend.follow_logs(record.ref, record.version)
-
-
-def progress(message: str) -> None:
-    """Progress goes to stderr: stdout carries results only."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def describe_failure(record: RunRecord) -> KrError:

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kaggle_runner.fsutil import atomic_write_json, read_json
+from kr_contract.atomic import atomic_write_json, read_json
 
 QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 TERMINAL_STATES = frozenset({COMPLETE, ERROR})

@@ -236,9 +236,10 @@ def _hash_member(source: IO[bytes], target: Path | None) -> str:
 
 def _match(manifest: Manifest, digests: dict[str, str], where: str) -> None:
     for name, expected in sorted(manifest.files.items()):
-        if digests.get(name) != expected:
-            state = "missing" if name not in digests else "does not match its sha256"
-            raise ContractError(f"{where}: {CHECKPOINT_DIR}/{name} listed in {MANIFEST_NAME} is {state}")
+        if name not in digests:
+            raise ContractError(f"{where}: {CHECKPOINT_DIR}/{name} listed in {MANIFEST_NAME} is missing")
+        if digests[name] != expected:
+            raise ContractError(f"{where}: {CHECKPOINT_DIR}/{name} does not match its sha256 in {MANIFEST_NAME}")
     unlisted = sorted(set(digests) - set(manifest.files))
     if unlisted:
         raise ContractError(f"{where}: {CHECKPOINT_DIR}/{unlisted[0]} is not listed in its {MANIFEST_NAME}")

@@ -15,7 +15,7 @@ from kaggle_runner.backends.kaggle import KaggleBackend, classify_push_error, lo
 from kaggle_runner.backends.retry import RetryPolicy, call_with_retry, retry_after_s
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR
 from kaggle_runner.errors import ApiError, UsageError
-from kaggle_runner.runs import OUTPUT_PATTERN
+from kr_contract.names import OUTPUT_PATTERN
 from tests.backend_support import wait_terminal
 
 FAST_RETRY = RetryPolicy(initial_delay_s=0.01, max_delay_s=0.05, deadline_s=10.0)

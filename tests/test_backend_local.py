@@ -12,7 +12,8 @@ from kaggle_runner.backends import get_backend
 from kaggle_runner.backends.base import KernelState, PushRefused, PushRequest
 from kaggle_runner.backends.local import QUOTA_ENV_VAR, LocalBackend
 from kaggle_runner.errors import UsageError
-from kaggle_runner.runs import OUTPUT_PATTERN, state_dir
+from kaggle_runner.home import kr_home
+from kr_contract.names import OUTPUT_PATTERN
 from tests.backend_support import wait_terminal
 
 # A kernel script that behaves like the real one at its edges: reads its input, prints, leaves outputs.
@@ -71,7 +72,7 @@ def test_push_runs_the_script_and_downloads_only_the_pattern(tmp_path: Path) -> 
     result = backend.push(PushRequest(folder=kernel_folder(tmp_path)))
     assert (result.ref, result.version) == ("local/demo-kernel", 1)
     assert backend.latest_version("local/demo-kernel") == 1
-    assert backend.kernel_dir(result.ref, 1).is_relative_to(state_dir() / "local" / "kernels")
+    assert backend.kernel_dir(result.ref, 1).is_relative_to(kr_home() / "local" / "kernels")
     assert wait_terminal(backend, result.ref, 1) is KernelState.COMPLETE
 
     dest = tmp_path / "out"
@@ -122,7 +123,7 @@ def test_datasets_are_versioned_and_the_newest_is_mounted(tmp_path: Path) -> Non
     publish(backend, tmp_path, ref, "second")
     info = backend.dataset_info(ref)
     assert info is not None and info.is_ready and info.version == 2
-    version_dir = state_dir() / "local" / "datasets" / "local" / "demo-checkpoints" / "2"
+    version_dir = kr_home() / "local" / "datasets" / "local" / "demo-checkpoints" / "2"
     assert (version_dir / "note.txt").read_text() == "second"
     assert not (version_dir / "sub").exists()
     assert not [p for p in version_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left

@@ -21,6 +21,7 @@ import pytest
 
 from kaggle_runner import chain, chain_state
 from kaggle_runner.backends import get_backend
+from kaggle_runner.chain_observer import LineObserver
 from kaggle_runner.config import load_config
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR, Settings
 from tests.emulator_plugin import KEY, USERNAME, TestEmulator
@@ -128,7 +129,8 @@ def drive(
     record: chain_state.ChainRecord, backend: Any, renderer: Any, notify: Any = None
 ) -> chain_state.ChainRecord:
     runner = chain.ChainRunner(
-        record, backend, renderer, timing=chain.Timing().scaled(TIME_SCALE), notify=notify, echo=print
+        record, backend, renderer, timing=chain.Timing().scaled(TIME_SCALE), notify=notify,
+        observer=LineObserver(print),
     )
     with chain_state.chain_lock(record.spec.chain_id):
         return runner.run()
@@ -279,6 +281,8 @@ def test_local_backend_chain_through_the_cli_equals_one_run(reference: Path, tmp
     chain_id = done.stdout.strip().splitlines()[-1]
     record = chain_state.load_chain(chain_id)
     assert record.state is chain_state.ChainState.SUCCEEDED and record.spec.backend == "local"
+    # The finished chain's final checkpoint reads a few test images, side by side with their references.
+    assert "the model reads 6 test images" in done.stderr and "read exactly" in done.stderr, done.stderr[-3000:]
     assert_matches_reference(session_dir(record, 2), reference, 2, tmp_path)
     status = subprocess.run(
         [sys.executable, "-m", "kaggle_runner.cli", "status", "--json"],
@@ -302,5 +306,6 @@ def test_local_backend_chain_through_the_cli_equals_one_run(reference: Path, tmp
     again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"chain {chain_id} already finished its 2 session(s)" in again.stderr
+    assert "the model reads" not in again.stderr  # a rerun that only reports the chain does not read again
     assert [c.spec.chain_id for c in chain_state.list_chains()] == [chain_id]
     assert len(chain_state.load_chain(chain_id).sessions) == 2

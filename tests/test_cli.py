@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from kaggle_runner import runs
-from kaggle_runner.cli import app
 from kaggle_runner.emulator import GPU_SESSION_LIMIT_ERROR
+from tests.cli_support import Result, kr
 
 # Small enough to train on a busy 2-core machine in seconds; same data and model as everywhere else.
 TINY = [
@@ -24,20 +23,6 @@ TINY = [
     "--synthetic-train", "8", "--synthetic-val", "2", "--synthetic-test", "2", "--batch-size", "4",
     "--internet", "false", "--extra-args", "--max_target_len 24 --val_max_samples 2",
 ]  # fmt: skip
-
-
-class Result:
-    def __init__(self, raw: Any) -> None:
-        self.exit_code: int = raw.exit_code
-        self.stdout: str = raw.stdout
-        self.stderr: str = raw.stderr
-
-    def __repr__(self) -> str:
-        return f"exit {self.exit_code}\n--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
-
-
-def kr(*args: str, env: dict[str, str] | None = None) -> Result:
-    return Result(CliRunner().invoke(app, list(args), env=env))
 
 
 def runs_left() -> list[str]:

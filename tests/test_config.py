@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_runner.backends.kaggle_credentials import resolve_username
+from kaggle_runner.cli.init import ask_missing
 from kaggle_runner.config import (
     DEFAULT_SESSION_BUDGET_S,
     KrConfig,
@@ -16,7 +18,6 @@ from kaggle_runner.config import (
     find_config,
     init_project,
     load_config,
-    resolve_username,
     write_config,
 )
 from kaggle_runner.errors import UsageError
@@ -247,7 +248,7 @@ def test_init_interactive_asks_missing_keys_with_defaults_that_follow_answers(pr
         asked[key] = default
         return answers.get(key, "")
 
-    _, config = init_project(project, {"epochs_per_session": 4}, interactive=True, prompt=prompt)
+    _, config = init_project(project, ask_missing({"epochs_per_session": 4}, prompt))
     assert "epochs_per_session" not in asked  # given on the command line
     assert asked["kernel_title"] == "asked slug"  # follows the slug answered before it
     assert asked["trainer.model_size"] == "base"  # kaggle backend default, answered before it

@@ -24,8 +24,8 @@ import pytest
 
 from kaggle_runner import resources
 from kaggle_runner.config import KrConfig, TrainerArgs
-from kaggle_runner.marker import Marker, write_marker
 from kaggle_runner.render import SessionSpec, render_kernel
+from kr_contract.marker import Marker, write_marker
 from kr_contract.runjson import RUN_FIELDS
 
 OWNER = "someone"

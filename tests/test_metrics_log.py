@@ -12,10 +12,10 @@ from kaggle_runner.metrics_log import (
     SessionFiles,
     load_history,
     parse_log_text,
-    parse_metric_line,
-    read_run_json,
+    read_session_run,
     session_files,
 )
+from kr_contract.metric_lines import parse_metric_line
 
 SESSION_1 = """\
 2026-11-26 23:00:00 INFO starting trainer: model_size=tiny data_name=synthetic
@@ -157,7 +157,7 @@ def test_run_json_is_read(tmp_path: Path) -> None:
     }
     path = tmp_path / "run.json"
     path.write_text(json.dumps(run))
-    parsed = read_run_json(path, session=2)
+    parsed = read_session_run(path, session=2)
     assert parsed is not None
     assert (parsed.exit_code, parsed.stop_reason, parsed.gpus, parsed.step) == (0, "time_budget", 2, 912)
     assert parsed.best["bleu4"] == 0.45

@@ -9,6 +9,8 @@ import re
 import pytest
 from rich.console import Console
 
+from kaggle_runner.chain_machine import ChainState
+from kaggle_runner.chain_observer import StateChange
 from kaggle_runner.progress import SessionProgress, format_duration
 
 T0 = 1_764_000_000.0
@@ -161,39 +163,34 @@ def test_format_duration() -> None:
     assert format_duration(3 * 86400 + 61.9) == "72:01:01"
 
 
-def _event(state: str, session: int, at: float) -> dict[str, object]:
-    return {
-        "event": "chain.state",
-        "chain": "chain-1",
-        "session": session,
-        "sessions": 3,
-        "state": state,
-        "message": None,
-        "at": at,
-    }
+def _change(state: str, session: int, at: float, message: str | None = None) -> StateChange:
+    return StateChange("chain-1", "local", "local/k", session, 3, ChainState.PUSHING, ChainState(state),
+                       "pushed", message, at)
 
 
 def test_chain_runner_hooks_drive_the_display() -> None:
-    """What ``kr chain`` wires in: ``echo=progress.echo`` and ``notify`` forwarding to ``chain_event``."""
+    """What ``kr chain`` wires in: the display is the runner's observer (state changes, kernel log lines)."""
     console, buffer = _plain_console()
     clock = FakeClock()
     with SessionProgress(budget_s=3600, console=console, clock=clock) as p:
-        p.echo("[chain-1] session 1/3: running (pushed version 4)")
-        p.chain_event(_event("running", 1, clock.now))
+        p.state_changed(_change("running", 1, clock.now, "pushed version 4"))
         clock.now += 120
-        p.echo("  | " + _train(100, loss=2.0))
+        p.log_lines([_train(100, loss=2.0)])
         assert p.title == "chain-1 · session 1/3" and p.elapsed_s() == 120
         assert p.last_train is not None and p.last_train.fields["step"] == 100
-        clock.now += 600
-        p.chain_event(_event("running", 2, clock.now - 30))
-        assert p.last_train is None and not p.log_tail  # a new session starts with a clean slate
-        assert p.elapsed_s() == 30 and p.remaining_s() == 3570
     bodies = [re.sub(STAMP, "", line, count=1) for line in buffer.getvalue().splitlines()]
     assert bodies[0] == "[chain-1] session 1/3: running (pushed version 4)"
     assert bodies[1].startswith(
         "chain-1 · session 1/3: running · elapsed 0:02:00 · 0:58:00 left · epoch 1 step 100"
     )
-    assert len(bodies) == 2  # state changes are printed once, by echo, not again by chain_event
+    assert len(bodies) == 2  # each state change is printed once
+    with SessionProgress(budget_s=3600, console=_plain_console()[0], clock=clock) as p:
+        p.state_changed(_change("running", 1, clock.now))
+        p.log_lines([_train(100, loss=2.0)])
+        clock.now += 600
+        p.state_changed(_change("running", 2, clock.now - 30))
+        assert p.last_train is None and not p.log_tail  # a new session starts with a clean slate
+        assert p.elapsed_s() == 30 and p.remaining_s() == 3570
 
 
 def test_trainer_start_line_sets_where_progress_counts_from() -> None:

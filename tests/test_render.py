@@ -19,7 +19,6 @@ import pytest
 from kaggle_runner import resources
 from kaggle_runner.config import KrConfig, TrainerArgs, default_config
 from kaggle_runner.errors import KrError, UsageError
-from kaggle_runner.marker import MARKER_FILE, Marker, marker_problem, read_marker, write_marker
 from kaggle_runner.render import (
     SessionSpec,
     deadline_margin_s,
@@ -27,7 +26,9 @@ from kaggle_runner.render import (
     render_kernel,
     trainer_archive,
 )
-from kr_contract.names import OUTPUT_PATTERN
+from kr_contract.errors import ContractError
+from kr_contract.marker import Marker, marker_problem, read_marker, write_marker
+from kr_contract.names import MARKER_FILE, OUTPUT_PATTERN
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 RESUME = Marker(chain="chain-a", session=2, sha256="ab" * 32)
@@ -317,7 +318,7 @@ def test_marker_round_trip_records_the_tarball(tmp_path: Path) -> None:
 def test_marker_absent_and_malformed(tmp_path: Path) -> None:
     assert read_marker(tmp_path) is None
     (tmp_path / MARKER_FILE).write_text('{"chain": "x"}')
-    with pytest.raises(KrError, match="malformed"):
+    with pytest.raises(ContractError, match="needs chain"):  # the contract's reader: one line, what is missing
         read_marker(tmp_path)
 
 

@@ -11,6 +11,7 @@ from kaggle_runner import runs
 from kaggle_runner.backends.base import KernelState, KernelStatus
 from kaggle_runner.backends.local import LocalBackend
 from kaggle_runner.errors import ApiError, UsageError
+from kaggle_runner.home import kr_home
 
 
 def make_record(
@@ -42,7 +43,7 @@ def test_state_dir_follows_kr_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("KR_HOME", str(tmp_path / "elsewhere"))
     assert runs.runs_dir() == tmp_path / "elsewhere" / "runs"
     monkeypatch.delenv("KR_HOME")
-    assert runs.state_dir().name == "kaggle-runner"  # the platform's user data dir
+    assert kr_home().name == "kaggle-runner"  # the platform's user data dir
 
 
 def test_run_ids_sort_by_time_and_are_recognised() -> None:

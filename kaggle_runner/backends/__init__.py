@@ -6,6 +6,7 @@ reads credentials and prints help when it finds none.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from kaggle_runner.backends.base import Backend
@@ -17,8 +18,9 @@ if TYPE_CHECKING:
 BACKEND_NAMES = ("kaggle", "local")
 
 
-def get_backend(name: str, config: KrConfig | None = None) -> Backend:
-    """The backend called ``name``; ``config`` supplies the Kaggle user name when it sets one."""
+def get_backend(name: str, config: KrConfig | None = None, *, notice: Callable[[str], None] | None = None) -> Backend:
+    """The backend called ``name``; ``config`` supplies the Kaggle user name when it sets one. ``notice``
+    receives what the backend has to say on the way (a retried call); without one it stays unsaid."""
     if name == "local":
         from kaggle_runner.backends.local import LocalBackend
 
@@ -26,7 +28,7 @@ def get_backend(name: str, config: KrConfig | None = None) -> Backend:
     if name == "kaggle":
         from kaggle_runner.backends.kaggle import KaggleBackend
 
-        return KaggleBackend(username=config.username if config is not None else None)
+        return KaggleBackend(username=config.username if config is not None else None, notice=notice)
     raise UsageError(f"unknown backend {name!r}", hint=f"choose one of: {', '.join(BACKEND_NAMES)}")
 
 

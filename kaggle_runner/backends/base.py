@@ -81,6 +81,15 @@ class DatasetInfo:
 
 
 @dataclass(frozen=True)
+class Found:
+    """What a kernel or dataset ref already holds: ``made_by_kr`` tells a kr kernel or checkpoint dataset from
+    something else (None: the backend cannot tell)."""
+
+    ref: str
+    made_by_kr: bool | None = None
+
+
+@dataclass(frozen=True)
 class PushRequest:
     """What to push: a rendered kernel folder (script + kernel-metadata.json) and push-time options."""
 
@@ -142,6 +151,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def publish_dataset(self, folder: Path, ref: str, *, title: str, notes: str, private: bool = True) -> None:
         """Upload every file of ``folder`` as the dataset's new version (creating it on first use)."""
+
+    # What ``kr check`` asks before anything is pushed; the defaults answer from the calls above.
+
+    def account(self) -> str:
+        """The user the credentials belong to (``username`` may be configured to name another)."""
+        return self.username()
+
+    def find_kernel(self, ref: str) -> Found | None:
+        """What the kernel ref holds already; None when it is free."""
+        return None if self.latest_version(ref) is None else Found(ref)
+
+    def find_dataset(self, ref: str) -> Found | None:
+        """What the dataset ref holds already; None when it is free."""
+        return None if self.dataset_info(ref) is None else Found(ref)
 
 
 class PushRefused(ApiError):

@@ -20,13 +20,11 @@ import contextlib
 import io
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,64 +33,53 @@ import requests
 from kaggle_runner.backends.base import (
     Backend,
     DatasetInfo,
+    Found,
     KernelState,
     KernelStatus,
-    PushRefused,
     PushRequest,
     PushResult,
     Quota,
 )
-from kaggle_runner.backends.retry import RetryPolicy, call_with_retry, describe, http_status, is_transient
-from kaggle_runner.config import kaggle_config_dir
+from kaggle_runner.backends.kaggle_credentials import kaggle_config_dir
+from kaggle_runner.backends.kaggle_wire import (  # noqa: F401 - classify_push_error, log_text: re-exported
+    STATE_BY_NAME,
+    KaggleApiError,
+    as_datetime,
+    caused_by_404,
+    check_create_result,
+    check_dataset,
+    classify_push_error,
+    is_ref,
+    log_text,
+    push_result,
+    read_json_file,
+    seconds_of,
+    stage_dataset,
+    top_level_files,
+)
+from kaggle_runner.backends.retry import (
+    RetryPolicy,
+    call_with_retry,
+    describe,
+    http_status,
+    is_transient,
+    retry_line,
+)
 from kaggle_runner.errors import ApiError, KrError, UsageError
+from kr_contract.names import MARKER_FILE
 
 T = TypeVar("T")
 
 KERNEL_METADATA = "kernel-metadata.json"
-DATASET_METADATA = "dataset-metadata.json"
+# Text every kernel script kr renders contains (kaggle_runner.render, kr_kernel): how kr check tells its own
+# kernel from someone else's under the same slug.
+KR_SOURCE_MARKERS = ("kr kernel script", "kr_kernel", "kaggle_runner")
 FOLLOW_POLL_S = 15.0  # polling fallback of follow_logs: the log endpoint is not meant to be hammered
-DATASET_SLUG_LEN = (6, 50)
-DATASET_TITLE_LEN = (6, 50)
-
-_STATE_BY_NAME = {
-    "QUEUED": KernelState.QUEUED,
-    "NEW_SCRIPT": KernelState.QUEUED,
-    "RUNNING": KernelState.RUNNING,
-    "COMPLETE": KernelState.COMPLETE,
-    "ERROR": KernelState.ERROR,
-    "CANCEL_REQUESTED": KernelState.CANCEL_REQUESTED,
-    "CANCEL_ACKNOWLEDGED": KernelState.CANCEL_ACKNOWLEDGED,
-}
-_INVALID_SOURCE_FIELDS = (
-    ("invalid_dataset_sources", "dataset"),
-    ("invalid_kernel_sources", "kernel"),
-    ("invalid_competition_sources", "competition"),
-    ("invalid_model_sources", "model"),
-)
-_GPU_LIMIT_RE = re.compile(r"maximum .*session count", re.IGNORECASE)
-_QUOTA_RE = re.compile(r"quota|hours allowed|exceeded the number of hours", re.IGNORECASE)
 
 NO_CREDENTIALS_HINT = (
     "create an API token at https://www.kaggle.com/settings and save it as kaggle.json in $KAGGLE_CONFIG_DIR "
     "(default ~/.kaggle), or export KAGGLE_API_TOKEN; or run without an account: --backend local"
 )
-
-
-class KaggleApiError(ApiError):
-    """An ApiError that remembers the HTTP status behind it (404 means "not there" to some callers)."""
-
-    def __init__(self, message: str, hint: str | None = None, *, http_status: int | None = None) -> None:
-        super().__init__(message, hint)
-        self.http_status = http_status
-
-
-def classify_push_error(message: str) -> str:
-    """The chain's reason for an in-band SaveKernel error: retry later, stop, or fix the sources."""
-    if _GPU_LIMIT_RE.search(message):
-        return "gpu_session_limit"
-    if _QUOTA_RE.search(message):
-        return "quota_exhausted"
-    return "other"
 
 
 @contextlib.contextmanager
@@ -122,9 +109,16 @@ def _import_client() -> Any:
 class KaggleBackend(Backend):
     name = "kaggle"
 
-    def __init__(self, *, username: str | None = None, retry_policy: RetryPolicy | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        username: str | None = None,
+        retry_policy: RetryPolicy | None = None,
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         self._configured_username = username
         self._retry = retry_policy or RetryPolicy()
+        self._notice = notice or (lambda message: None)  # retries and fallbacks; the caller shows them
         self._client: Any = None
 
     # ------------------------------------------------------------------------------------ the client
@@ -166,7 +160,10 @@ class KaggleBackend(Backend):
                 return func()
 
         try:
-            return call_with_retry(attempt, what=what, policy=self._retry) if retry else attempt()
+            if not retry:
+                return attempt()
+            return call_with_retry(attempt, what=what, policy=self._retry,
+                                   on_retry=lambda notice: self._notice(retry_line(notice)))
         except KrError:
             raise
         except Exception as exc:
@@ -194,9 +191,9 @@ class KaggleBackend(Backend):
         return str(self._configured_username or self.api.config_values["username"])
 
     def push(self, request: PushRequest) -> PushResult:
-        metadata = _read_json_file(Path(request.folder) / KERNEL_METADATA)
+        metadata = read_json_file(Path(request.folder) / KERNEL_METADATA)
         ref = str(metadata.get("id") or "")
-        if not _is_ref(ref):
+        if not is_ref(ref):
             raise UsageError(
                 f"{KERNEL_METADATA} has no valid id (owner/slug): {ref!r}", hint="render it with kr render"
             )
@@ -218,7 +215,7 @@ class KaggleBackend(Backend):
         response = self._call(f"push of {ref}", save)
         if isinstance(response, int):  # an ambiguous failure, but the version exists: it went through
             return PushResult(ref=ref, version=response)
-        return self._push_result(ref, response)
+        return push_result(ref, response)
 
     def _push_that_landed(self, ref: str, baseline: int | None, exc: BaseException) -> int | None:
         """After a 5xx or a dropped connection the push may still have gone through: look before retrying."""
@@ -234,56 +231,54 @@ class KaggleBackend(Backend):
         except Exception:
             return None
 
-    @staticmethod
-    def _push_result(ref: str, response: Any) -> PushResult:
-        error = (getattr(response, "error", None) or "").strip()
-        if error:
-            raise PushRefused(
-                f"Kaggle refused the push of {ref}: {error}",
-                reason=classify_push_error(error),
-                hint=_refusal_hint(classify_push_error(error)),
-            )
-        invalid = [
-            f"{kind} {source}"
-            for attr, kind in _INVALID_SOURCE_FIELDS
-            for source in (getattr(response, attr, None) or [])
-        ]
-        version = int(getattr(response, "version_number", 0) or 0)
-        if invalid:
-            pushed = f" (version {version} was saved and runs without them)" if version else ""
-            raise PushRefused(
-                f"Kaggle does not know these sources of {ref}: {', '.join(invalid)}{pushed}",
-                reason="invalid_sources",
-                hint="check the dataset_sources in kernel-metadata.json: each must exist and be visible to you",
-            )
-        if version <= 0:
-            raise ApiError(f"Kaggle accepted the push of {ref} but returned no version number")
-        return PushResult(
-            ref=_ref_from_response(getattr(response, "ref", None)) or ref,
-            version=version,
-            url=getattr(response, "url", None) or None,
-        )
-
     def latest_version(self, ref: str) -> int | None:
         return self._call(f"lookup of {ref}", lambda: self._latest_version_once(ref))
 
     def _latest_version_once(self, ref: str) -> int | None:
         """GetKernel's ``metadata.currentVersionNumber``; None for a kernel Kaggle does not know."""
-        module = _import_client()
-        owner, slug = ref.split("/")[:2]
-        request = module.ApiGetKernelRequest()
-        request.user_name = owner
-        request.kernel_slug = slug
+        response = self._get_kernel(ref)
+        metadata = response.metadata if response is not None else None
+        number = int(metadata.current_version_number or 0) if metadata is not None else 0
+        return number or None
+
+    def _get_kernel(self, ref: str) -> Any:
+        """GetKernel (metadata and source of the newest version); None for a kernel Kaggle does not know."""
+        request = _import_client().ApiGetKernelRequest()
+        request.user_name, request.kernel_slug = ref.split("/")[:2]
+        return self._read_or_none(lambda client: client.kernels.kernels_api_client.get_kernel(request))
+
+    def _get_dataset(self, ref: str) -> Any:
+        """GetDataset (its files, its newest version); None for a dataset Kaggle does not know."""
+        request = _import_client().ApiGetDatasetRequest()
+        request.owner_slug, request.dataset_slug = ref.split("/")[:2]
+        return self._read_or_none(lambda client: client.datasets.dataset_api_client.get_dataset(request))
+
+    def _read_or_none(self, read: Callable[[Any], T]) -> T | None:
+        """One read through the client's typed services; a 404 is None."""
         try:
             with self.api.build_kaggle_client() as client:
-                response = client.kernels.kernels_api_client.get_kernel(request)
+                return read(client)
         except requests.exceptions.HTTPError as exc:
             if http_status(exc) == 404:
                 return None
             raise
-        metadata = response.metadata
-        number = int(metadata.current_version_number or 0) if metadata is not None else 0
-        return number or None
+
+    def account(self) -> str:
+        return str(self.api.config_values["username"])
+
+    def find_kernel(self, ref: str) -> Found | None:
+        response = self._call(f"lookup of {ref}", lambda: self._get_kernel(ref))
+        if response is None:
+            return None
+        source = str(getattr(getattr(response, "blob", None), "source", None) or "")
+        return Found(ref, made_by_kr=any(marker in source for marker in KR_SOURCE_MARKERS))
+
+    def find_dataset(self, ref: str) -> Found | None:
+        response = self._call(f"lookup of dataset {ref}", lambda: self._get_dataset(ref))
+        if response is None:
+            return None
+        names = {str(getattr(f, "name", "") or "") for f in (getattr(response, "files", None) or [])}
+        return Found(ref, made_by_kr=MARKER_FILE in names)
 
     def status(self, ref: str, version: int) -> KernelStatus:
         try:
@@ -291,10 +286,10 @@ class KaggleBackend(Backend):
                 f"status of {ref} v{version}", lambda: self.api.kernels_status(f"{ref}/{version}")
             )
         except ApiError as exc:
-            if _caused_by_404(exc) and (self.latest_version(ref) or 0) >= version:
+            if caused_by_404(exc) and (self.latest_version(ref) or 0) >= version:
                 return KernelStatus(KernelState.QUEUED)  # just pushed: its session is not visible yet
             raise
-        state = _STATE_BY_NAME.get(
+        state = STATE_BY_NAME.get(
             getattr(response.status, "name", str(response.status)).upper(), KernelState.QUEUED
         )
         return KernelStatus(state=state, failure_message=(response.failure_message or None))
@@ -338,7 +333,7 @@ class KaggleBackend(Backend):
         except KrError:
             raise
         except Exception as exc:
-            print(f"kr: live log stream unavailable ({describe(exc)}); polling instead", file=sys.stderr)
+            self._notice(f"kr: live log stream unavailable ({describe(exc)}); polling instead")
         yield from self._poll_logs(ref, version, seen, pending)
 
     def _poll_logs(self, ref: str, version: int, seen: int, pending: str) -> Iterator[str]:
@@ -361,9 +356,9 @@ class KaggleBackend(Backend):
         if gpu is None:
             return Quota(used_s=None, allowed_s=None, refresh_time=response.quota_refresh_time)
         return Quota(
-            used_s=_seconds(gpu.time_used),
-            allowed_s=_seconds(gpu.total_time_allowed),
-            refresh_time=_as_datetime(response.quota_refresh_time),
+            used_s=seconds_of(gpu.time_used),
+            allowed_s=seconds_of(gpu.total_time_allowed),
+            refresh_time=as_datetime(response.quota_refresh_time),
         )
 
     # ----------------------------------------------------------------------------------------- datasets
@@ -374,7 +369,7 @@ class KaggleBackend(Backend):
                 f"status of dataset {ref}", lambda: self.api.dataset_status(ref, format="json")
             )
         except ApiError as exc:
-            if _caused_by_404(exc):
+            if caused_by_404(exc):
                 return None
             raise
         data = json.loads(payload)
@@ -386,12 +381,12 @@ class KaggleBackend(Backend):
     def publish_dataset(
         self, folder: Path, ref: str, *, title: str, notes: str, private: bool = True
     ) -> None:
-        _check_dataset(ref, title)
-        files = _top_level_files(Path(folder))
+        check_dataset(ref, title)
+        files = top_level_files(Path(folder))
         exists = self.dataset_info(ref) is not None
         staging = Path(tempfile.mkdtemp(prefix="kr-dataset-"))  # 0700: private, and the client's TMPDIR
         try:
-            _stage_dataset(staging, files, ref, title)
+            stage_dataset(staging, files, ref, title)
             if exists:
                 what = f"new version of dataset {ref}"
                 result = self._call(
@@ -410,128 +405,4 @@ class KaggleBackend(Backend):
                 )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        _check_create_result(what, result)
-
-
-# ----------------------------------------------------------------------------------------------- helpers
-
-
-def _is_ref(ref: str) -> bool:
-    parts = ref.split("/")
-    return len(parts) == 2 and all(parts)
-
-
-def _ref_from_response(value: str | None) -> str | None:
-    """SaveKernel's ``ref`` may be ``owner/slug`` or a path such as ``/code/owner/slug``."""
-    if not value:
-        return None
-    parts = [p for p in value.strip("/").split("/") if p]
-    if parts and parts[0] == "code":
-        parts = parts[1:]
-    return "/".join(parts[:2]) if len(parts) >= 2 else None
-
-
-def _caused_by_404(exc: BaseException) -> bool:
-    return isinstance(exc, KaggleApiError) and exc.http_status == 404
-
-
-def _refusal_hint(reason: str) -> str:
-    if reason == "gpu_session_limit":
-        return "wait for one of your running GPU sessions to finish, then launch again"
-    if reason == "quota_exhausted":
-        return "the weekly GPU quota is used up: see kr quota for when it refreshes"
-    return "read the message above; kr render --out DIR shows exactly what was pushed"
-
-
-def log_text(raw: str) -> str:
-    """Kaggle's log is a JSON array of ``{stream_name, time, data}``; plain text passes through."""
-    if not raw:
-        return ""
-    try:
-        events = json.loads(raw)
-    except ValueError:
-        return raw
-    if not isinstance(events, list):
-        return raw
-    return "".join(str(e.get("data", "")) for e in events if isinstance(e, dict))
-
-
-def _seconds(value: object) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, int | float):
-        return float(value)
-    text = str(value).strip()
-    try:
-        return float(text[:-1] if text.endswith("s") else text)
-    except ValueError:
-        return None
-
-
-def _as_datetime(value: object) -> datetime | None:
-    if value is None or isinstance(value, datetime):
-        return value
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-def _read_json_file(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist", hint="render the kernel folder with kr render") from None
-    except ValueError as exc:
-        raise UsageError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a JSON object")
-    return data
-
-
-def _check_dataset(ref: str, title: str) -> None:
-    """Kaggle's own limits, checked before anything is uploaded."""
-    if not _is_ref(ref):
-        raise UsageError(f"dataset ref {ref!r} is not owner/slug")
-    slug = ref.split("/")[1]
-    low, high = DATASET_SLUG_LEN
-    if not low <= len(slug) <= high:
-        raise UsageError(
-            f"dataset slug {slug!r} must be {low}-{high} characters", hint="set dataset_slug in kr.toml"
-        )
-    low, high = DATASET_TITLE_LEN
-    if not low <= len(title) <= high:
-        raise UsageError(f"dataset title {title!r} must be {low}-{high} characters")
-
-
-def _top_level_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UsageError(f"dataset folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != DATASET_METADATA)
-    if not files:
-        raise UsageError(f"dataset folder {folder} has no files to publish")
-    return files
-
-
-def _stage_dataset(staging: Path, files: list[Path], ref: str, title: str) -> None:
-    from kaggle_runner.render import render_dataset_metadata
-
-    for path in files:
-        try:
-            os.link(path, staging / path.name)  # same file system: no copy of a large tarball
-        except OSError:
-            shutil.copy2(path, staging / path.name)
-    render_dataset_metadata(staging, ref, title)
-
-
-def _check_create_result(what: str, result: Any) -> None:
-    """CreateDataset* report business errors in-band: ``status: error`` with HTTP 200."""
-    error = (getattr(result, "error", None) or "").strip()
-    status = str(getattr(result, "status", "") or "").lower()
-    if error or status == "error":
-        raise ApiError(
-            f"Kaggle refused the {what}: {error or 'status error'}",
-            hint="check the dataset slug, and wait until its previous version is ready",
-        )
+        check_create_result(what, result)

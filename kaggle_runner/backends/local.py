@@ -30,6 +30,7 @@ from kaggle_runner import sandbox
 from kaggle_runner.backends.base import (
     Backend,
     DatasetInfo,
+    Found,
     KernelState,
     KernelStatus,
     PushRefused,
@@ -38,7 +39,8 @@ from kaggle_runner.backends.base import (
     Quota,
 )
 from kaggle_runner.errors import ApiError, UsageError
-from kaggle_runner.runs import state_dir
+from kaggle_runner.home import local_dir
+from kr_contract.names import MARKER_FILE
 
 LOCAL_USERNAME = "local"
 QUOTA_ENV_VAR = "KR_LOCAL_GPU_QUOTA_HOURS"
@@ -50,7 +52,7 @@ _REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*/[a-z0-9][a-z0-9-]*$")
 
 
 def local_root() -> Path:
-    return state_dir() / "local"
+    return local_dir()
 
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -205,7 +207,15 @@ class LocalBackend(Backend):
                 used += (current.ended or time.time()) - current.started
         return used
 
+    def find_kernel(self, ref: str) -> Found | None:
+        """Only kr pushes kernels to this backend."""
+        return None if self.latest_version(ref) is None else Found(ref, made_by_kr=True)
+
     # ----------------------------------------------------------------------------------------- datasets
+
+    def find_dataset(self, ref: str) -> Found | None:
+        newest = self._newest_dataset_version(ref)
+        return None if newest is None else Found(ref, made_by_kr=(newest / MARKER_FILE).is_file())
 
     def dataset_dir(self, ref: str) -> Path:
         owner, slug = _split_ref(ref)

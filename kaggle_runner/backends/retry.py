@@ -1,20 +1,23 @@
 """Backoff and retry for the Kaggle calls the official client does not retry itself.
 
 The client retries only uploads and dataset creation. Status, output listing, push, GetKernel and dataset
-status raise on the first 429 or 5xx, so kr wraps them: exponential backoff capped per wait, ``Retry-After``
-honoured on 429, and a monotonic deadline so a flaky API can never keep a command waiting forever.
+status raise on the first 429 or 5xx, so kr wraps them (through ``kaggle_runner.retry``, the one retry
+primitive): exponential backoff capped per wait, ``Retry-After`` honoured on 429, and a monotonic deadline so a
+flaky API can never keep a command waiting forever. Each retry is reported to ``on_retry``; nothing here
+writes to the terminal.
 """
 
 from __future__ import annotations
 
 import email.utils
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
 import requests
+
+from kaggle_runner.retry import Backoff, RetryNotice, retry
 
 T = TypeVar("T")
 
@@ -41,7 +44,10 @@ class RetryPolicy:
 
     def backoff_s(self, attempt: int) -> float:
         """The wait after failed attempt number ``attempt`` (1-based) when the server gave no hint."""
-        return min(self.max_delay_s, self.initial_delay_s * self.multiplier ** (attempt - 1))
+        return self.backoff().delay_s(attempt)
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_delay_s, self.max_delay_s, self.max_attempts, self.multiplier, self.deadline_s)
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -89,21 +95,21 @@ def call_with_retry(
     policy: RetryPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    on_retry: Callable[[RetryNotice], None] | None = None,
 ) -> T:
     """Run ``func`` until it succeeds, retrying transient failures; the last failure propagates."""
-    policy = policy or RetryPolicy()
-    deadline = clock() + policy.deadline_s
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return func()
-        except Exception as exc:
-            if not is_transient(exc) or attempt >= policy.max_attempts:
-                raise
-            hinted = retry_after_s(exc)
-            delay = min(policy.max_delay_s, policy.backoff_s(attempt) if hinted is None else hinted)
-            if clock() + delay > deadline:
-                raise
-            print(f"kr: {what} failed ({describe(exc)}); retrying in {delay:.1f}s", file=sys.stderr)
-            sleep(delay)
+    return retry(
+        func,
+        what=what,
+        backoff=(policy or RetryPolicy()).backoff(),
+        permanent=lambda exc: not is_transient(exc),
+        delay_hint=retry_after_s,
+        on_retry=on_retry,
+        sleep=sleep,
+        clock=clock,
+    )
+
+
+def retry_line(notice: RetryNotice) -> str:
+    """How a client-level retry reads on the terminal."""
+    return f"kr: {notice.what} failed ({describe(notice.error)}); retrying in {notice.delay_s:.1f}s"

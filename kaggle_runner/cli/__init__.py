@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kaggle_runner.cli import (  # noqa: F401  (imported for their commands)
     chain,
+    check,
     download,
     init,
     launch,

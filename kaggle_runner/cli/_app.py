@@ -26,6 +26,7 @@ from kaggle_runner import __version__
 from kaggle_runner.errors import EXIT_FAILED, KrError
 
 if TYPE_CHECKING:
+    from kaggle_runner.backends.base import Backend
     from kaggle_runner.config import KrConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -125,14 +126,26 @@ def command(*args: Any, **kwargs: Any) -> Callable[[F], F]:
 
 
 def load_config() -> KrConfig:
-    """The configuration named by ``--config``, or found in the current directory (defaults otherwise)."""
+    """The configuration named by ``--config``, or found in the current directory (defaults otherwise); its
+    warnings go to stderr."""
     from kaggle_runner.config import load_config as load
 
-    return load(_Options.config_path)
+    return load(_Options.config_path, warn=warn)
+
+
+def open_backend(name: str, config: KrConfig | None = None) -> Backend:
+    """The backend called ``name``, reporting its retries on stderr."""
+    from kaggle_runner.backends import get_backend
+
+    return get_backend(name, config, notice=progress)
 
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    progress(f"warning: {message}")
 
 
 def print_json(obj: Any) -> None:

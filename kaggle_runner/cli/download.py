@@ -7,8 +7,7 @@ from typing import Annotated
 import typer
 
 from kaggle_runner import runs
-from kaggle_runner.backends import get_backend
-from kaggle_runner.cli._app import command, print_json, progress
+from kaggle_runner.cli._app import command, open_backend, print_json, progress
 from kaggle_runner.errors import UsageError
 
 RunArgument = Annotated[
@@ -27,7 +26,7 @@ def download(
 ) -> None:
     """Download checkpoints.tar.gz, training.log and run.json of a finished run (prints their paths)."""
     record = runs.find_record(run)
-    backend = get_backend(record.backend)
+    backend = open_backend(record.backend)
     record = runs.refresh(record, backend)
     if not record.is_terminal:
         raise UsageError(

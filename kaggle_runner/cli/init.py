@@ -7,13 +7,14 @@ The flags are made from ``kaggle_runner.config.init_keys()``, so a new setting g
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from kaggle_runner import config as kr_config
-from kaggle_runner.cli._app import command, progress
+from kaggle_runner.cli._app import command, progress, warn
 
 
 def flag_name(key: str) -> str:
@@ -25,8 +26,23 @@ def _param_name(key: str) -> str:
     return "set_" + key.removeprefix("trainer.")
 
 
+Prompt = Callable[[str, str], str]
+
+
 def _prompt(key: str, default: str) -> str:
     return str(typer.prompt(key, default=default, show_default=True, err=True))
+
+
+def ask_missing(values: Mapping[str, object], prompt: Prompt = _prompt) -> dict[str, Any]:
+    """Ask ``prompt(key, default_text)`` for every setting not given; an empty answer keeps the default. The
+    defaults shown follow earlier answers (backend and kernel_slug are asked first)."""
+    parsed = kr_config.parse_init_values(values)
+    for key in kr_config.init_keys():
+        if key not in parsed and key != "trainer.extra_args":
+            answer = prompt(key, kr_config.shown_default(parsed, key))
+            if answer.strip():
+                parsed[key] = kr_config.parse_value(key, answer)
+    return parsed
 
 
 def init(**options: Any) -> None:
@@ -34,19 +50,15 @@ def init(**options: Any) -> None:
     directory: Path = options.pop("directory")
     yes: bool = options.pop("yes")
     force: bool = options.pop("force")
-    values = {
+    values: dict[str, object] = {
         key: options[_param_name(key)]
         for key in kr_config.init_keys()
         if options[_param_name(key)] is not None
     }
-    path, written = kr_config.init_project(
-        directory,
-        values,
-        interactive=not yes,
-        prompt=_prompt,
-        force=force,
-        warn=lambda m: progress(f"warning: {m}"),
-    )
+    if not yes:
+        kr_config.init_target(directory, force=force)  # an existing kr.toml stops before any question
+        values = ask_missing(values)
+    path, written = kr_config.init_project(directory, values, force=force, warn=warn)
     progress(f"wrote {path} (backend {written.backend}, kernel {written.kernel_slug})")
     print(path)
 

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kaggle_runner import runs
-from kaggle_runner.backends import Backend, get_backend
-from kaggle_runner.cli._app import command, load_config, print_json, progress
+from kaggle_runner.backends import Backend
+from kaggle_runner.cli._app import command, load_config, open_backend, print_json, progress
 from kaggle_runner.errors import KrError
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def launch(
 ) -> None:
     """Push one training session and record it as a run (prints the run id)."""
     config = configured(load_config(), backend=backend, accelerator=accelerator)
-    target = get_backend(config.backend, config)
+    target = open_backend(config.backend, config)
     account = target.username()  # missing credentials stop here, before anything is rendered
     progress(f"pushing {account}/{config.kernel_slug} ({epochs} epoch(s)) to the {config.backend} backend")
     record = runs.launch(config, target, epochs=epochs, timeout_s=timeout)

@@ -7,9 +7,8 @@ from typing import Annotated
 import typer
 
 from kaggle_runner import runs
-from kaggle_runner.backends import get_backend
 from kaggle_runner.backends.base import Backend
-from kaggle_runner.cli._app import command
+from kaggle_runner.cli._app import command, open_backend
 from kaggle_runner.errors import UsageError
 
 TargetArgument = Annotated[
@@ -40,11 +39,11 @@ def kernel_of(target: str | None) -> tuple[Backend, str, int]:
     folder, name = runs.state_folder(target)
     if not (folder / "chain.json").is_file():
         record = runs.find_record(name)
-        return get_backend(record.backend), record.ref, record.version
+        return open_backend(record.backend), record.ref, record.version
     from kaggle_runner import chain_state
 
     chained = chain_state.load_chain(name)
     versions = [a.version for s in chained.sessions for a in s.attempts if a.version is not None]
     if not versions:
         raise UsageError(f"chain {name} has not pushed a kernel yet", hint=f"kr status {name}")
-    return get_backend(chained.spec.backend), chained.spec.kernel_ref, versions[-1]
+    return open_backend(chained.spec.backend), chained.spec.kernel_ref, versions[-1]

@@ -7,9 +7,9 @@ trainer is imported only inside the command, which keeps ``kaggle_runner`` free 
 
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import re
+import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Sequence
@@ -20,12 +20,17 @@ import typer
 
 from kaggle_runner.cli._app import command, print_json, progress
 from kaggle_runner.errors import KrError, UsageError
+from kr_contract.errors import ContractError
+from kr_contract.names import (
+    BEST_PREFIX,
+    CHECKPOINT_DIR,
+    CHECKPOINT_SUFFIX,
+    LAST_CHECKPOINT,
+    TARBALL,
+    is_best_name,
+)
+from kr_contract.tarball import extract_tarball
 
-TARBALL = "checkpoints.tar.gz"
-CHECKPOINT_DIR = "checkpoints"
-LAST_NAME = "last.pth.tar"
-BEST_PREFIX = "BEST_"
-MANIFEST_NAME = "MANIFEST.json"
 TRAIN_EXTRA_HINT = "pip install 'kaggle-runner[train]'"
 _SESSION_DIR = re.compile(r"session-(\d+)$")
 
@@ -145,57 +150,30 @@ def _is_tarball(path: Path) -> bool:
 
 
 def extract_checkpoint(tarball: Path, scratch: Path, *, best: bool = False) -> Path:
-    """Copy ``checkpoints/last.pth.tar`` (or ``BEST_*``) out of a kr tarball, checked against its MANIFEST."""
+    """``checkpoints/last.pth.tar`` (or ``BEST_*``) of a kr tarball, as ``scratch/<name>``. The whole tarball is
+    checked by the contract's verifier first (every member against its MANIFEST)."""
+    unpacked = scratch / ".unpacked"
     try:
-        with tarfile.open(tarball, "r:*") as tar:
-            members = {_member_name(m.name): m for m in tar.getmembers() if m.isfile()}
-            wanted = _pick_member(members, tarball, best=best)
-            manifest = _read_manifest(tar, members.get(f"{CHECKPOINT_DIR}/{MANIFEST_NAME}"))
-            target = scratch / Path(wanted).name
-            digest = _copy_member(tar, members[wanted], target)
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise KrError(f"cannot read {tarball}: {exc}", hint="download it again (kr download)") from None
-    expected = manifest.get(target.name)
-    if expected is not None and expected != digest:
-        raise KrError(f"{target.name} in {tarball} does not match its MANIFEST.json (corrupt download)")
+        folder = extract_tarball(tarball, unpacked)
+    except ContractError as exc:
+        shutil.rmtree(unpacked, ignore_errors=True)
+        raise KrError(
+            f"cannot read {tarball}: {exc}",
+            hint="a file that does not match its MANIFEST, or not a kr checkpoints tarball at all: download it "
+            "again (kr download)",
+        ) from None
+    wanted = _pick(folder, tarball, best=best)
+    target = scratch / wanted.name
+    os.replace(wanted, target)
+    shutil.rmtree(unpacked, ignore_errors=True)
     return target
 
 
-def _member_name(name: str) -> str:
-    return name[2:] if name.startswith("./") else name
-
-
-def _pick_member(members: dict[str, tarfile.TarInfo], tarball: Path, *, best: bool) -> str:
-    in_dir = [name for name in members if name.startswith(f"{CHECKPOINT_DIR}/") and name.count("/") == 1]
-    if best:
-        found = sorted(name for name in in_dir if Path(name).name.startswith(BEST_PREFIX))
-    else:
-        found = [name for name in in_dir if Path(name).name == LAST_NAME]
+def _pick(folder: Path, tarball: Path, *, best: bool) -> Path:
+    if not best:
+        return folder / LAST_CHECKPOINT  # the verifier guarantees it
+    found = sorted(path for path in folder.iterdir() if is_best_name(path.name))
     if not found:
-        wanted = f"{BEST_PREFIX}*.pth.tar" if best else LAST_NAME
-        raise KrError(f"{tarball} holds no {CHECKPOINT_DIR}/{wanted}: it is not a kr checkpoints tarball")
+        raise KrError(f"{tarball} holds no {CHECKPOINT_DIR}/{BEST_PREFIX}*{CHECKPOINT_SUFFIX}",
+                      hint="it has no best checkpoint yet; leave out --best for the newest")
     return found[0]
-
-
-def _read_manifest(tar: tarfile.TarFile, member: tarfile.TarInfo | None) -> dict[str, str]:
-    handle = tar.extractfile(member) if member is not None else None
-    if handle is None:
-        return {}
-    try:
-        files = json.loads(handle.read().decode("utf-8")).get("files", {})
-    except (ValueError, AttributeError):
-        return {}
-    return files if isinstance(files, dict) else {}
-
-
-def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> str:
-    """Write one member to ``target`` by name we choose (never a path from the archive); its sha256."""
-    handle = tar.extractfile(member)
-    if handle is None:
-        raise tarfile.TarError(f"{member.name} is not a regular file")
-    digest = hashlib.sha256()
-    with open(target, "wb") as out:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            out.write(chunk)
-    return digest.hexdigest()

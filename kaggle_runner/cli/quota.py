@@ -6,9 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from kaggle_runner.backends import get_backend
 from kaggle_runner.backends.base import Quota
-from kaggle_runner.cli._app import command, load_config, print_json
+from kaggle_runner.cli._app import command, load_config, open_backend, print_json
 from kaggle_runner.cli.launch import BackendOption
 
 
@@ -34,7 +33,7 @@ def quota(
     """Show the weekly GPU quota: used, allowed, remaining, and when it refreshes."""
     config = load_config()
     name = backend or config.backend
-    current = get_backend(name, config).quota()
+    current = open_backend(name, config).quota()
     if as_json:
         print_json(quota_json(name, current))
         return

@@ -16,11 +16,12 @@ from typing import Annotated, Any
 import typer
 
 from kaggle_runner import metrics_log, runs
-from kaggle_runner.backends import Backend, get_backend
-from kaggle_runner.cli._app import command, print_json, print_table, progress
+from kaggle_runner.backends import Backend
+from kaggle_runner.cli._app import command, open_backend, print_json, print_table, progress
 from kaggle_runner.cli.download import RunArgument
 from kaggle_runner.errors import KrError
-from kaggle_runner.fsutil import read_json
+from kr_contract.atomic import read_json_object
+from kr_contract.names import RUN_JSON, TRAINING_LOG
 
 RUN_TABLE_HEADERS = ["RUN", "BACKEND", "KERNEL", "STATE", "SESSION", "EPOCH", "BEST", "GPU H", "CREATED"]
 # The metrics a table row shows, in this order (all of them are in --json).
@@ -43,7 +44,7 @@ class _Backends:
 
     def get(self, name: str) -> Backend:
         if name not in self._made:
-            self._made[name] = get_backend(name)
+            self._made[name] = open_backend(name)
         return self._made[name]
 
 
@@ -66,22 +67,18 @@ def _downloaded(record: runs.RunRecord, name: str) -> bool:
 
 def run_result(record: runs.RunRecord) -> dict[str, Any] | None:
     """What the session's run.json says (stop reason, metrics), once it has been downloaded."""
-    if not _downloaded(record, metrics_log.RUN_JSON_NAME):
+    if not _downloaded(record, RUN_JSON):
         return None
-    try:
-        data = read_json(record.output_dir / metrics_log.RUN_JSON_NAME)
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(record.output_dir / RUN_JSON)
 
 
 def _history(record: runs.RunRecord) -> metrics_log.TrainingHistory | None:
     files = metrics_log.SessionFiles(
         session=1,
-        log=record.output_dir / metrics_log.LOG_NAME if _downloaded(record, metrics_log.LOG_NAME) else None,
+        log=record.output_dir / TRAINING_LOG if _downloaded(record, TRAINING_LOG) else None,
         run_json=(
-            record.output_dir / metrics_log.RUN_JSON_NAME
-            if _downloaded(record, metrics_log.RUN_JSON_NAME)
+            record.output_dir / RUN_JSON
+            if _downloaded(record, RUN_JSON)
             else None
         ),
     )
@@ -294,7 +291,7 @@ def status(
     """Without RUN: every run and chain. With RUN (an id or prefix): that run, refreshed from its backend."""
     if run is not None:
         record = runs.find_record(run)
-        record = runs.refresh(record, get_backend(record.backend))
+        record = runs.refresh(record, open_backend(record.backend))
         metrics = run_metrics(record)
         if as_json:
             print_json({**record.to_json(), "result": run_result(record), "metrics": metrics})

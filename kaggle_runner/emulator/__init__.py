@@ -29,7 +29,10 @@ Calls (``POST /api/v1/<service>/<Method>`` or ``/v1/...``, absolute-form request
 - Kernels run with the newest *ready* version of each ``dataset_sources`` entry (or the pinned
   ``owner/slug/N``), mounted at ``input/<slug>`` and ``input/datasets/<owner>/<slug>``.
 - SaveKernel refuses in-band (``error``) a GPU push beyond ``max_gpu_sessions`` concurrent GPU sessions
-  (``GPU_SESSION_LIMIT_ERROR``) or with the GPU quota used up (``GPU_QUOTA_ERROR``).
+  (``GPU_SESSION_LIMIT_ERROR``) or with the GPU quota used up (``GPU_QUOTA_ERROR``), and with HTTP 400 a script
+  of ``max_kernel_source_bytes`` (1 MB) or more (``SOURCE_TOO_LARGE_ERROR``).
+- ``emulator.kernels.add_existing(owner, slug, source)``: a kernel that exists already (someone else's, or one
+  not made by kr), with one saved version that does not run.
 
 Faults (``emulator.faults``, see ``faults.py``), each for ``times`` calls:
 
@@ -54,11 +57,16 @@ from pathlib import Path
 
 from kaggle_runner.emulator.datasets import BlobStore, DatasetStore
 from kaggle_runner.emulator.faults import Faults
-from kaggle_runner.emulator.kernels import GPU_QUOTA_ERROR, GPU_SESSION_LIMIT_ERROR, KernelStore
+from kaggle_runner.emulator.kernels import (
+    GPU_QUOTA_ERROR,
+    GPU_SESSION_LIMIT_ERROR,
+    SOURCE_TOO_LARGE_ERROR,
+    KernelStore,
+)
 from kaggle_runner.emulator.server import EmulatorServer, serve
 from kaggle_runner.emulator.settings import Settings
 
-__all__ = ["GPU_QUOTA_ERROR", "GPU_SESSION_LIMIT_ERROR", "Emulator", "Settings"]
+__all__ = ["GPU_QUOTA_ERROR", "GPU_SESSION_LIMIT_ERROR", "SOURCE_TOO_LARGE_ERROR", "Emulator", "Settings"]
 
 _TICK_S = 0.05
 

@@ -16,6 +16,7 @@ from kaggle_runner.emulator.settings import Settings
 from kaggle_runner.emulator.wire import ApiFailure, compact, duration, not_found, timestamp, version_number
 
 GPU_SESSION_LIMIT_ERROR = "Maximum batch GPU session count of {limit} reached"
+SOURCE_TOO_LARGE_ERROR = "The kernel source must be less than 1 megabytes in size."
 GPU_QUOTA_ERROR = (
     "You've exceeded the number of hours allowed to use GPU. Your quota will reset in {days} days. "
     "You will not be able to commit unless you turn off GPU."
@@ -91,6 +92,8 @@ class KernelStore:
     def save(self, user: str, body: dict[str, Any], base_url: str) -> dict[str, Any]:
         """SaveKernel: a new version (queued, run by ``tick``), or an in-band ``error``."""
         owner, slug = self._target(user, body)
+        if len((body.get("text") or "").encode()) >= self.settings.max_kernel_source_bytes:
+            raise ApiFailure(400, SOURCE_TOO_LARGE_ERROR)  # what Kaggle answers (JovianHQ/kernel-run#2)
         with self._lock:
             kernel = self._kernels.get(f"{owner}/{slug}")
             if kernel is None and not body.get("newTitle"):
@@ -115,6 +118,17 @@ class KernelStore:
                 k for k in body.get("kernelDataSources") or [] if k not in self._kernels
             ],
         }
+
+    def add_existing(self, owner: str, slug: str, source: str, title: str | None = None) -> Kernel:
+        """A kernel that already exists (any owner: made in the web editor, or by someone else), with one saved
+        version that does not run. ``kr check`` tells such a kernel from its own."""
+        with self._lock:
+            kernel = Kernel(len(self._kernels) + 1, owner, slug, title or slug.replace("-", " "))
+            root = self.root / "kernels" / owner / slug / "1"
+            meta = {"language": "python", "kernelType": "script", "isPrivate": True}
+            kernel.versions.append(KernelVersion(1, source, meta, root, 0.0, runs=False, pushed=time.time()))
+            self._kernels[kernel.ref] = kernel
+        return kernel
 
     def _target(self, user: str, body: dict[str, Any]) -> tuple[str, str]:
         if body.get("id") and not body.get("slug"):

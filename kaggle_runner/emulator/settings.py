@@ -23,6 +23,7 @@ class Settings:
     dataset_processing_s: float = 0.3  # a new dataset version stays blobs_received this long
     max_gpu_sessions: int = 2  # concurrent GPU batch sessions per account
     gpu_quota_s: float = WEEKLY_GPU_QUOTA_S  # Kaggle seconds per week
+    max_kernel_source_bytes: int = 1_000_000  # SaveKernel refuses a larger script with HTTP 400
     max_dataset_files: int = 1000
     max_dataset_bytes: int = 20 * 1024**3
 
