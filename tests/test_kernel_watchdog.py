@@ -143,8 +143,7 @@ def fake_trainer(root: Path, *, hang_after: int) -> Path:
 
 
 def test_a_kernel_whose_trainer_hangs_ends_stalled_with_its_last_checkpoint(tmp_path: Path) -> None:
-    config = KrConfig(internet=False)
-    object.__setattr__(config, "stall_timeout_s", 3)  # until kr.toml has the key, set it on the config
+    config = KrConfig(internet=False, stall_timeout_s=3)
     working = tmp_path / "working"
     working.mkdir()
     script = render_kernel(config, tmp_path / "kernel", session=SessionSpec(chain_id="chain-a", session=1),
@@ -249,10 +248,9 @@ def test_the_real_trainer_stuck_in_a_step_is_stopped_and_its_epoch_checkpoint_ke
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (package / "__main__.py").rename(package / "real_main.py")
     (package / "__main__.py").write_text(STALLING_MAIN)
-    config = KrConfig(internet=False, trainer=TrainerArgs(
+    config = KrConfig(internet=False, stall_timeout_s=20, trainer=TrainerArgs(
         model_size="tiny", batch_size=8, synthetic_train=32, synthetic_val=8, synthetic_test=8,
         extra_args=("--num_workers", "2", "--device", "cpu", "--threads", "1", "--max_target_len", "24")))
-    object.__setattr__(config, "stall_timeout_s", 20)
     working = tmp_path / "working"
     working.mkdir()
     script = render_kernel(config, tmp_path / "kernel", session=SessionSpec(chain_id="chain-a", session=1, epochs=3),
