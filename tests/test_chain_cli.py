@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from kaggle_runner.backends.local import LocalBackend
 from kaggle_runner.config import config_from_mapping
 from kaggle_runner.home import kr_home
 from tests.cli_support import kr
+from tests.script_support import script_settings
 from tests.emulator_plugin import TestEmulator
 
 SLUG = "kr-snapshot"
@@ -49,9 +49,8 @@ def project(folder: Path, seed: int) -> Path:
 
 def rendered_seed(chain_id: str, attempt: int) -> str:
     script = (chain_state.chain_dir(chain_id) / "session-1" / f"kernel-{attempt}" / "script.py").read_text()
-    match = re.search(r"TRAINER_ARGS = \[.*?'--seed', '(\d+)'", script)
-    assert match is not None
-    return match.group(1)
+    args = script_settings(script)["trainer_args"]
+    return args[args.index("--seed") + 1]
 
 
 def test_a_rerun_keeps_the_chains_snapshot_from_any_folder_and_after_kr_toml_changed(

@@ -29,6 +29,7 @@ from kaggle_runner.render import (
 from kr_contract.errors import ContractError
 from kr_contract.marker import Marker, marker_problem, read_marker, write_marker
 from kr_contract.names import MARKER_FILE, OUTPUT_PATTERN
+from tests.script_support import script_settings
 
 SECRET = "s3cr3t-kaggle-key-0123456789"
 RESUME = Marker(chain="chain-a", session=2, sha256="ab" * 32)
@@ -193,13 +194,6 @@ def test_kaggle_backend_without_credentials_is_a_usage_error(tmp_path: Path, tra
     with pytest.raises(UsageError, match="no Kaggle credentials"):
         render_kernel(KrConfig(backend="kaggle"), tmp_path / "out", session=spec(), trainer_dir=trainer_pkg)
     assert not (tmp_path / "out").exists()
-
-
-def script_settings(text: str) -> dict[str, object]:
-    """The SETTINGS literal of a rendered script."""
-    tree = ast.parse(text)
-    (node,) = [n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "SETTINGS"]
-    return ast.literal_eval(node.value)
 
 
 def test_script_is_standard_library_python_with_the_session_values(tmp_path: Path, trainer_pkg: Path) -> None:
