@@ -38,6 +38,8 @@ from trainer.data import (
     collate,
     padding_share,
 )
+from trainer.augment import augmented
+from trainer.examples import log_examples
 from trainer.exchange import SplitExchange
 from trainer.inference import decode_part, join_parts
 from trainer.loader import batches, build_loader
@@ -139,7 +141,10 @@ class Trainer:
         if state is not None:
             model_cfg = ModelConfig.from_dict(state["model_config"])
         else:
-            model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2)
+            c = self.cfg
+            model_cfg = model_config_for(c.model_size, len(self.vocab), c.max_target_len + 2, d_model=c.d_model,
+                                         decoder_layers=c.decoder_layers, ff_dim=c.ff_dim, dropout=c.dropout,
+                                         cnn_channels=c.cnn_channels, residual=c.residual_encoder or None)
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
@@ -233,7 +238,10 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
-        return build_loader(OcrDataset(self.train_split), self.sampler, workers=self.cfg.num_workers,
+        dataset, sampler = OcrDataset(self.train_split), self.sampler
+        if self.cfg.augment:
+            dataset, sampler = augmented(dataset, sampler, self.spec, rank_seed(self.cfg.seed, self.runtime.rank))
+        return build_loader(dataset, sampler, workers=self.cfg.num_workers,
                             pin_memory=self.runtime.is_cuda, seed=rank_seed(self.cfg.seed, self.runtime.rank),
                             timeout_s=watch.loader_timeout_s(), collate_fn=collate)
 
@@ -368,6 +376,7 @@ class Trainer:
             result = join_parts(parts, len(self.val_split))
             metrics = {**score_texts(result.hypotheses, self.val_split.texts), "loss": result.loss,
                        "samples": len(self.val_split)}
+            log_examples(result.hypotheses, self.val_split.texts)
         return distributed.broadcast_from_main(self.runtime, metrics), ""
 
     def _is_improvement(self, metrics: dict[str, float]) -> bool:
