@@ -17,7 +17,8 @@ The result is re-fitted into the model's input geometry exactly like ``trainer.i
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,10 +143,9 @@ class EpochTaggedSampler(torch.utils.data.Sampler[list[tuple[int, int]]]):
         return len(self.sampler)
 
 
-def augmented(dataset: OcrDataset, sampler: WidthBucketSampler, spec: ImageSpec,
-              seed: int) -> tuple[AugmentedDataset, EpochTaggedSampler]:
-    """The training loader's dataset and batch sampler with augmentation on."""
+def training_items(dataset: OcrDataset, sampler: WidthBucketSampler, spec: ImageSpec, seed: int,
+                   enabled: bool) -> tuple[torch.utils.data.Dataset[Any], torch.utils.data.Sampler[Any]]:
+    """The training loader's dataset and batch sampler: augmented when ``enabled``, else unchanged."""
+    if not enabled:
+        return dataset, sampler
     return AugmentedDataset(dataset, spec, seed), EpochTaggedSampler(sampler)
-
-
-__all__: Sequence[str] = ("AugmentedDataset", "EpochTaggedSampler", "augment_canvas", "augmented")

@@ -79,6 +79,12 @@ class TrainConfig:
             return self.use_huggingface
         return self.data_dir is None and self.data_name != "synthetic"
 
+    def shape_overrides(self) -> dict[str, object]:
+        """The model-shape flags as ModelConfig fields (None: the size's preset)."""
+        return {"d_model": self.d_model, "decoder_layers": self.decoder_layers, "ff_dim": self.ff_dim,
+                "cnn_channels": self.cnn_channels, "dropout": self.dropout,
+                "residual": self.residual_encoder or None}
+
     def to_dict(self) -> dict[str, object]:
         saved = asdict(self)
         del saved["explicit"]  # how this run was started, not a setting of the model

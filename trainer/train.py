@@ -28,6 +28,7 @@ from kr_contract.names import (
 from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
 from trainer import distributed, splits, watch
+from trainer.augment import training_items
 from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -38,7 +39,6 @@ from trainer.data import (
     collate,
     padding_share,
 )
-from trainer.augment import augmented
 from trainer.examples import log_examples
 from trainer.exchange import SplitExchange
 from trainer.inference import decode_part, join_parts
@@ -141,10 +141,8 @@ class Trainer:
         if state is not None:
             model_cfg = ModelConfig.from_dict(state["model_config"])
         else:
-            c = self.cfg
-            model_cfg = model_config_for(c.model_size, len(self.vocab), c.max_target_len + 2, d_model=c.d_model,
-                                         decoder_layers=c.decoder_layers, ff_dim=c.ff_dim, dropout=c.dropout,
-                                         cnn_channels=c.cnn_channels, residual=c.residual_encoder or None)
+            model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2,
+                                         **self.cfg.shape_overrides())
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
@@ -238,11 +236,9 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
-        dataset, sampler = OcrDataset(self.train_split), self.sampler
-        if self.cfg.augment:
-            dataset, sampler = augmented(dataset, sampler, self.spec, rank_seed(self.cfg.seed, self.runtime.rank))
-        return build_loader(dataset, sampler, workers=self.cfg.num_workers,
-                            pin_memory=self.runtime.is_cuda, seed=rank_seed(self.cfg.seed, self.runtime.rank),
+        seed = rank_seed(self.cfg.seed, self.runtime.rank)
+        dataset, sampler = training_items(OcrDataset(self.train_split), self.sampler, self.spec, seed, self.cfg.augment)
+        return build_loader(dataset, sampler, workers=self.cfg.num_workers, pin_memory=self.runtime.is_cuda, seed=seed,
                             timeout_s=watch.loader_timeout_s(), collate_fn=collate)
 
     def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
