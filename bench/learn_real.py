@@ -66,15 +66,16 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
 # ------------------------------------------------------------------------------------------------ data
 
 
-def candidate_formulas(source: Path, longest: int, seed: int) -> list[str]:
+def candidate_formulas(source: Path, shortest: int, longest: int, seed: int) -> list[str]:
     lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
-    unique = [f for f in dict.fromkeys(lines) if f and 3 <= len(f.split()) <= longest]
+    unique = [f for f in dict.fromkeys(lines) if f and shortest <= len(f.split()) <= longest]
     random.Random(seed).shuffle(unique)
     return unique
 
 
 def build_split(a: argparse.Namespace) -> Path:
-    """The rendered train/validation/test parquet files, cached by every setting that shapes them."""
+    """The rendered train/validation/test parquet files, cached by every setting that shapes them. The test
+    and validation formulas depend only on --max_tokens and --split_seed (not on the training settings)."""
     from trainer.synthetic import GENERATOR_VERSION, write_parquet
 
     source_hash = hashlib.sha256(a.source.read_bytes()).hexdigest()[:8]
@@ -83,19 +84,23 @@ def build_split(a: argparse.Namespace) -> Path:
     folder = a.cache_dir / key
     if (folder / "meta.json").is_file():
         return folder
-    formulas = candidate_formulas(a.source, max(a.max_tokens, a.train_max_tokens), a.split_seed)
-    first = render(formulas, a.split_seed, copy=0)
+    formulas = candidate_formulas(a.source, 3, a.max_tokens, a.split_seed)
     splits: dict[str, tuple[list[str], list[bytes]]] = {name: ([], []) for name in ("test", "validation", "train")}
-    for formula, png in zip(formulas, first, strict=True):
+    for formula, png in zip(formulas, render(formulas, a.split_seed, copy=0), strict=True):
         if png is None:
             continue  # mathtext cannot draw it: in no split
-        length = len(formula.split())
-        name = ("test" if len(splits["test"][0]) < a.test and length <= a.max_tokens else
-                "validation" if len(splits["validation"][0]) < a.val and length <= a.max_tokens else
-                "train" if length <= a.train_max_tokens else None)
+        name = ("test" if len(splits["test"][0]) < a.test else
+                "validation" if len(splits["validation"][0]) < a.val else
+                "train" if len(formula.split()) <= a.train_max_tokens else None)
         if name:
             splits[name][0].append(formula)
             splits[name][1].append(png)
+    if a.train_max_tokens > a.max_tokens:  # longer formulas for training only
+        longer = candidate_formulas(a.source, a.max_tokens + 1, a.train_max_tokens, a.split_seed)
+        for formula, png in zip(longer, render(longer, a.split_seed, copy=0, first_index=len(formulas)), strict=True):
+            if png is not None:
+                splits["train"][0].append(formula)
+                splits["train"][1].append(png)
     train_texts = list(splits["train"][0])
     for copy in range(1, a.renders):
         for formula, png in zip(train_texts, render(train_texts, a.split_seed, copy), strict=True):
@@ -107,7 +112,11 @@ def build_split(a: argparse.Namespace) -> Path:
         write_parquet(scratch / f"{name}.parquet", texts, pngs)
     sizes = {name: len(texts) for name, (texts, _) in splits.items()}
     (scratch / "meta.json").write_text(json.dumps({"sizes": sizes, "formulas_train": len(train_texts)}) + "\n")
-    scratch.rename(folder)
+    try:
+        scratch.rename(folder)
+    except OSError:  # another run built the same split meanwhile: use that one
+        if not (folder / "meta.json").is_file():
+            raise
     return folder
 
 
@@ -116,11 +125,15 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
-def render(formulas: list[str], seed: int, copy: int) -> list[bytes | None]:
-    """Each formula with its own rng (seed, copy, index): the same split on every machine."""
-    from trainer.synthetic import render_formula
+def render(formulas: list[str], seed: int, copy: int, first_index: int = 0) -> list[bytes | None]:
+    """Each formula with its own rng (from seed, copy and its index): the same split on every machine. The first
+    rendering (it decides the split) in this process; the extra training copies spread over the CPUs."""
+    from trainer.synthetic import render_all, render_formula
 
-    return [render_formula(f, np.random.default_rng([seed, DATA_VERSION, copy, i])) for i, f in enumerate(formulas)]
+    if copy == 0:
+        return [render_formula(f, np.random.default_rng([seed, DATA_VERSION, 0, first_index + i]))
+                for i, f in enumerate(formulas)]
+    return render_all(formulas, seed * 1000 + copy)
 
 
 # --------------------------------------------------------------------------------------------- training
