@@ -203,7 +203,9 @@ def main() -> int:
               "out": str(out)}
     print(json.dumps(report, indent=2, sort_keys=True))
     beam_text = f" | beam {a.beam}: {brief(beam)}" if beam else ""
-    print(f"learn_real: {a.cpu_minutes:g} CPU min {a.model_size} {' '.join(extra)} {result['step']} steps, "
+    recipe = " ".join([f"--renders {a.renders} --train_max_tokens {a.train_max_tokens}", f"--lr {a.lr:g}",
+                       f"--label_smoothing {a.label_smoothing:g}", *extra])
+    print(f"learn_real: {a.cpu_minutes:g} CPU min {a.model_size} {recipe}: {result['step']} steps, "
           f"{sizes['sizes']['test']} unseen real formulas <= {a.max_tokens} tokens: greedy {brief(greedy)}{beam_text}")
     return 0
 
