@@ -115,3 +115,39 @@ def test_cli_run_writes_result_and_exit_0(tmp_path: Path, shared_cache_dir: Path
     assert result(out)["stop_reason"] == "max_steps"
     assert " stop reason=max_steps " in done.stdout  # the log lines also go to stdout
     assert os.path.getsize(out / "training.log") > 0
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--cnn_channels", "16,x,64,64"], "comma-separated integers"),
+    (["--cnn_channels", "16,32,64"], "at least 4 positive channel counts"),
+    (["--dropout", "1.5"], "must be in [0, 1)"),
+    (["--d_model", "0"], "must be >= 1"),
+])
+def test_bad_shape_flags_are_one_line_exit_2(flags: list[str], message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--data_dir", "x", *flags])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_shape_flags_reach_the_model_config() -> None:
+    cfg = parse_args(["--data_dir", "x", "--model_size", "tiny", "--d_model", "128", "--cnn_channels",
+                      "16,32,64,128", "--residual_encoder", "--augment"])
+    assert cfg.augment and cfg.shape_overrides() == {"d_model": 128, "decoder_layers": None, "ff_dim": None,
+                                                     "cnn_channels": (16, 32, 64, 128), "dropout": None,
+                                                     "residual": True}
+    assert parse_args(["--data_dir", "x"]).shape_overrides()["residual"] is None  # the preset's (plain)
+
+
+@pytest.mark.slow
+def test_evaluate_takes_a_beam_width(trained: Path) -> None:
+    cache = next(p for p in trained.parent.iterdir() if p.name.startswith("cache"))
+    base = ["-m", "trainer.evaluate", "--checkpoint", str(trained / "checkpoints.tar.gz"), "--data_name",
+            "synthetic", "--cache_dir", str(cache), "--split", "test", "--threads", "1"]
+    done = python(*base, "--beam", "3")
+    assert done.returncode == 0, done.stderr
+    scores = json.loads(done.stdout)
+    assert scores["beam"] == 3 and scores["samples"] == 8 and 0.0 <= scores["bleu4"] <= 1.0
+    bad = python(*base, "--beam", "0")
+    assert bad.returncode == 2 and "must be >= 1" in bad.stderr
