@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainer.buckets import ShapeBuckets
 from trainer.images import ImageSpec, preprocess_batch, worker_context
 from trainer.packed import PackedImages, PackedTargets
 from trainer.sources import (  # noqa: F401 - the loading half, under the names its callers know
@@ -185,11 +186,14 @@ class Batch:
         return int(self.images.shape[0])
 
 
-def collate(items: Sequence[tuple[Tensor, Sequence[int]]]) -> Batch:
-    """Pad images to the batch's widest (background 0) and targets to the longest (PAD)."""
+def collate(items: Sequence[tuple[Tensor, Sequence[int]]], buckets: ShapeBuckets | None = None) -> Batch:
+    """Pad images to the batch's widest (background 0) and targets to the longest (PAD); with ``buckets``,
+    further to the widest's width bucket and the longest's rounded length (trainer/buckets.py)."""
     height = max(int(image.shape[-2]) for image, _ in items)
     width = max(int(image.shape[-1]) for image, _ in items)
     length = max(len(ids) for _, ids in items) + 1
+    if buckets is not None:
+        width, length = buckets.pad_width(width), buckets.pad_length(length)
     images = torch.zeros(len(items), 1, height, width, dtype=torch.uint8)
     tgt_in = torch.full((len(items), length), Vocab.PAD, dtype=torch.long)
     tgt_out = torch.full((len(items), length), Vocab.PAD, dtype=torch.long)
@@ -302,12 +306,17 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         return len(self.epoch_batches(self.epoch))
 
 
-def padding_share(sampler: WidthBucketSampler, widths: Sequence[int] | np.ndarray, epoch: int) -> float:
-    """Share of the pixels of an epoch's batches that are batch padding (heights are fixed, so widths)."""
+def padding_share(sampler: WidthBucketSampler, widths: Sequence[int] | np.ndarray, epoch: int,
+                  buckets: ShapeBuckets | None = None) -> float:
+    """Share of the pixels of an epoch's batches that are batch padding (heights are fixed, so widths), with
+    each batch padded to its widest image or, with ``buckets``, to that width's bucket."""
     widths = np.asarray(widths, dtype=np.int64)
     padded = total = 0
     for batch in sampler.epoch_batches(epoch):
         batch_widths = widths[batch]
-        total += int(batch_widths.max()) * len(batch)
-        padded += int(batch_widths.max()) * len(batch) - int(batch_widths.sum())
+        width = int(batch_widths.max())
+        if buckets is not None:
+            width = buckets.pad_width(width)
+        total += width * len(batch)
+        padded += width * len(batch) - int(batch_widths.sum())
     return padded / total if total else 0.0
