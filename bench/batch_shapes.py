@@ -1,0 +1,132 @@
+"""Distinct batch shapes and padding per epoch, before and after shape buckets (trainer/buckets.py).
+
+    python bench/batch_shapes.py [--source FILE] [--synthetic 4000] [--batch_size 32] [--epochs 3] [--json PATH]
+
+Two width/length distributions: the real formulas of linxy/LaTeX_OCR's ``full`` validation split (8,475
+normalized formulas, ``--source``; token counts are the real ones, images are drawn by mathtext the way the
+synthetic set draws them, since the dataset's own images are not here: a proxy for the real widths), and the
+synthetic set (``trainer/synthetic.py``). Each goes through the trainer's own preprocessing (ImageSpec
+defaults: height 64, widths to 1024 in steps of 16) and its training sampler (WidthBucketSampler, batches
+grouped by width), then is collated as the trainer collates: each batch padded to its widest image and
+longest target (before), or to the width bucket and the rounded length (after). Printed per epoch: distinct
+(width, length) shapes, distinct widths and lengths, share of pixels that are padding, share of target
+positions that are PAD; also over all ``--epochs`` (what a session meets), and the same for other bucket
+ratios and length steps (how the defaults were chosen). Rendered widths are cached (``--cache``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from trainer.buckets import LENGTH_STEP, WIDTH_RATIO, ShapeBuckets, epoch_shapes, width_buckets  # noqa: E402
+from trainer.data import WidthBucketSampler  # noqa: E402
+from trainer.images import ImageSpec, preprocess  # noqa: E402
+
+DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "linxy-full-val.formulas.txt"
+MAX_TARGET_LEN = 200  # the trainer's default
+RATIOS = (1.1, 1.15, 1.2, 1.3)
+LENGTH_STEPS = (8, 16, 32)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="one normalized formula per line")
+    p.add_argument("--synthetic", type=int, default=4000, help="synthetic formulas (0: skip)")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--num_proc", type=int, default=2, help="rendering processes")
+    p.add_argument("--cache", type=Path, default=Path("/tmp/kr-batch-shapes"), help="rendered widths cache folder")
+    p.add_argument("--json", default=None)
+    return p.parse_args(argv)
+
+
+def rendered_sizes(name: str, formulas: list[str], a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
+    """(image widths after preprocessing, token counts capped at max_target_len) of the formulas mathtext can
+    draw, cached by name and count."""
+    from trainer.synthetic import render_all
+
+    path = a.cache / f"{name}-{len(formulas)}.npz"
+    if path.is_file():
+        cached = np.load(path)
+        return cached["widths"], cached["lengths"]
+    spec = ImageSpec()
+    widths, lengths = [], []
+    for formula, png in zip(formulas, render_all(formulas, seed=0, num_proc=a.num_proc), strict=True):
+        if png is None:
+            continue
+        widths.append(preprocess(png, spec)[0].shape[1])
+        lengths.append(min(len(formula.split()), MAX_TARGET_LEN))
+    a.cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, widths=np.array(widths, np.int64), lengths=np.array(lengths, np.int64))
+    return np.array(widths, np.int64), np.array(lengths, np.int64)
+
+
+def measure(widths: np.ndarray, lengths: np.ndarray, a: argparse.Namespace) -> dict[str, Any]:
+    sampler = WidthBucketSampler(widths, a.batch_size, seed=0)
+    epochs = [sampler.epoch_batches(e) for e in range(a.epochs)]
+    session = [batch for batches in epochs for batch in batches]
+    after = ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN)
+
+    def figures(buckets: ShapeBuckets | None) -> dict[str, Any]:
+        per_epoch = [epoch_shapes(b, widths, lengths, buckets).as_dict() for b in epochs]
+        return {"epoch0": per_epoch[0], "distinct_shapes_per_epoch": [e["distinct_shapes"] for e in per_epoch],
+                "session": epoch_shapes(session, widths, lengths, buckets).as_dict()}
+
+    sweep = {}
+    for ratio in RATIOS:
+        for step in LENGTH_STEPS:
+            buckets = ShapeBuckets(width_buckets(1024, 16, ratio), step, MAX_TARGET_LEN + 1)
+            s = epoch_shapes(session, widths, lengths, buckets)
+            sweep[f"ratio{ratio}_step{step}"] = {"width_buckets": len(buckets.widths), **s.as_dict()}
+    return {"samples": int(widths.size), "width_range": [int(widths.min()), int(widths.max())],
+            "median_width": float(np.median(widths)), "length_range": [int(lengths.min()), int(lengths.max())],
+            "before": figures(None), "after": figures(after), "sweep": sweep}
+
+
+def summary(name: str, r: dict[str, Any]) -> str:
+    b, f = r["before"], r["after"]
+    return (f"{name} ({r['samples']} samples): distinct shapes per epoch {b['epoch0']['distinct_shapes']} -> "
+            f"{f['epoch0']['distinct_shapes']} (session of {len(b['distinct_shapes_per_epoch'])} epochs "
+            f"{b['session']['distinct_shapes']} -> {f['session']['distinct_shapes']}), pixel padding "
+            f"{100 * b['epoch0']['pixel_padding']:.1f}% -> {100 * f['epoch0']['pixel_padding']:.1f}%, token padding "
+            f"{100 * b['epoch0']['token_padding']:.1f}% -> {100 * f['epoch0']['token_padding']:.1f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    results: dict[str, Any] = {"batch_size": a.batch_size, "epochs": a.epochs, "width_ratio": WIDTH_RATIO,
+                               "length_step": LENGTH_STEP,
+                               "width_buckets": list(ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN).widths)}
+    began = time.time()
+    if a.source.is_file():
+        formulas = [line.strip() for line in a.source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        results["real"] = measure(*rendered_sizes("real", formulas, a), a)
+    else:
+        print(f"note: {a.source} not found: real formulas skipped (pass --source)", file=sys.stderr)
+    if a.synthetic:
+        from trainer.synthetic import generate_formulas
+
+        results["synthetic"] = measure(*rendered_sizes("synthetic", generate_formulas(a.synthetic, seed=0), a), a)
+    results["seconds"] = time.time() - began
+    text = json.dumps(results, indent=2)
+    if a.json:
+        Path(a.json).write_text(text)
+    print(text)
+    for name in ("real", "synthetic"):
+        if name in results:
+            print(summary(name, results[name]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
