@@ -58,6 +58,7 @@ class TrainConfig:
     threads: int = 0
     precision: str = "auto"  # trainer/precision.py explains what auto picks per device
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead adds CUDA graphs
     channels_last: bool = True  # +11 % fp16 on an H200, +12-20 % on CPU (bench/README.md)
     shape_buckets: bool = True  # training batches padded to a few shapes (trainer/buckets.py)
     # The settings given on the command line (not defaulted): on resume these win over the checkpoint's.
@@ -184,6 +185,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="pad each training batch only to its widest image and longest target instead")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model (pays off in long sessions; see bench/README.md)")
+    g.add_argument("--compile_mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile mode with --compile; reduce-overhead replays CUDA graphs (one per batch shape)")
     g.add_argument("--channels_last", dest="channels_last", action="store_true", default=True,
                    help="channels_last (NHWC) memory layout for the CNN: the default, faster on GPU and CPU")
     g.add_argument("--no_channels_last", dest="channels_last", action="store_false",

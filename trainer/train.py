@@ -171,7 +171,7 @@ class Trainer:
             device_ids = [self.runtime.local_rank] if self.runtime.is_cuda else None
             module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # Widths and target lengths change from batch to batch: dynamic shapes compile once, not per shape.
-        self.train_model = torch.compile(module, dynamic=True) if self.cfg.compile else module
+        self.train_model = torch.compile(module, dynamic=True, mode=self.cfg.compile_mode) if self.cfg.compile else module
 
     def _new_schedule(self) -> dict[str, float]:
         total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
