@@ -12,6 +12,10 @@ longest target (before), or to the width bucket and the rounded length (after). 
 (width, length) shapes, distinct widths and lengths, share of pixels that are padding, share of target
 positions that are PAD; also over all ``--epochs`` (what a session meets), and the same for other bucket
 ratios and length steps (how the defaults were chosen). Rendered widths are cached (``--cache``).
+
+``--flops_model base`` also counts the FLOPs of a training step (forward + backward, bench/flops.py) per
+sample of that model over the session's batches, before and after (padding is computed too, so buckets
+cost FLOPs), and from them the T4 estimate: samples/s = 65 TFLOP/s x utilisation / FLOPs per sample.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--num_proc", type=int, default=2, help="rendering processes")
     p.add_argument("--cache", type=Path, default=Path("/tmp/kr-batch-shapes"), help="rendered widths cache folder")
+    p.add_argument("--flops_model", default=None, choices=("tiny", "small", "base"),
+                   help="count FLOPs per training sample of this model over the real formulas' batches")
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
@@ -93,6 +100,38 @@ def measure(widths: np.ndarray, lengths: np.ndarray, a: argparse.Namespace) -> d
             "before": figures(None), "after": figures(after), "sweep": sweep}
 
 
+def padded_shapes(batches: list[list[int]], widths: np.ndarray, lengths: np.ndarray,
+                  buckets: ShapeBuckets | None) -> Counter[tuple[int, int]]:
+    """Samples per collated (width, target positions) shape."""
+    counts: Counter[tuple[int, int]] = Counter()
+    for batch in batches:
+        width, length = int(widths[batch].max()), int(lengths[batch].max()) + 1
+        if buckets is not None:
+            width, length = buckets.pad_width(width), buckets.pad_length(length)
+        counts[(width, length)] += len(batch)
+    return counts
+
+
+def flops_per_sample(flops: Any, counts: Counter[tuple[int, int]]) -> float:
+    """Mean training FLOPs per sample over ``counts`` (samples per padded shape)."""
+    return sum(flops.per_sample(w, n) * samples for (w, n), samples in counts.items()) / sum(counts.values())
+
+
+def measure_flops(widths: np.ndarray, lengths: np.ndarray, vocab_size: int, a: argparse.Namespace) -> dict[str, Any]:
+    from bench.flops import FlopModel, t4_estimate
+    from trainer.model import model_config_for
+
+    flop_model = FlopModel.fit(model_config_for(a.flops_model, vocab_size, MAX_TARGET_LEN + 2), ImageSpec().height)
+    sampler = WidthBucketSampler(widths, a.batch_size, seed=0)
+    session = [batch for e in range(a.epochs) for batch in sampler.epoch_batches(e)]
+    out: dict[str, Any] = {"model_size": a.flops_model, "vocab_size": vocab_size, "fit_error": flop_model.fit_error,
+                           "coefficients_w_l_wl_ll_1": flop_model.coefficients}
+    for name, buckets in (("before", None), ("after", ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN))):
+        flops = flops_per_sample(flop_model, padded_shapes(session, widths, lengths, buckets))
+        out[name] = {"flops_per_sample": flops, **t4_estimate(flops)}
+    return out
+
+
 def summary(name: str, r: dict[str, Any]) -> str:
     b, f = r["before"], r["after"]
     return (f"{name} ({r['samples']} samples): distinct shapes per epoch {b['epoch0']['distinct_shapes']} -> "
@@ -110,7 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     began = time.time()
     if a.source.is_file():
         formulas = [line.strip() for line in a.source.read_text(encoding="utf-8").splitlines() if line.strip()]
-        results["real"] = measure(*rendered_sizes("real", formulas, a), a)
+        sizes = rendered_sizes("real", formulas, a)
+        results["real"] = measure(*sizes, a)
+        if a.flops_model:
+            from trainer.tokenizer import Vocab
+
+            results["real"]["flops"] = measure_flops(*sizes, len(Vocab.build(formulas)), a)
     else:
         print(f"note: {a.source} not found: real formulas skipped (pass --source)", file=sys.stderr)
     if a.synthetic:
@@ -125,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("real", "synthetic"):
         if name in results:
             print(summary(name, results[name]))
+    if "flops" in results.get("real", {}):
+        f = results["real"]["flops"]
+        print(f"{f['model_size']} on the real formulas: " + ", ".join(
+            f"{when} {f[when]['flops_per_sample'] / 1e9:.1f} GFLOP/sample (T4 fp16 estimate "
+            + " / ".join(f"{v:.0f}" for k, v in f[when].items() if k.endswith("pct"))
+            + f" samples/s at 5 / 10 / 25 / 40 % of peak; 100 samples/s needs "
+            f"{100 * f[when]['t4_utilisation_for_100_samples_per_s']:.1f} %)" for when in ("before", "after")))
     return 0
 
 

@@ -6,11 +6,26 @@ not counted, as in the usual model-FLOPs convention). Padding is counted as the 
 
 Peaks are the vendors' dense tensor-core figures (no sparsity) per precision, TFLOP/s. "tf32" is what fp32
 matmuls and convolutions run at on Ampere and newer when TF32 is allowed (the trainer allows it there).
+
+Counting is slow (seconds per shape, even on the meta device), and a session has hundreds of batch shapes,
+so ``FlopModel`` counts a few shapes on the meta device (no memory, no arithmetic) and fits the exact form a
+training step's FLOPs per sample take in the image width W and the target positions L: the CNN and the
+memory's key/value projections grow with W, the decoder's projections and MLP with L, cross-attention with
+W x L, self-attention with L x L. Two more counted shapes check the fit. (On the meta device attention is
+counted as its matmuls; the counter has no formula for a CPU's fused attention kernel, so counting on a CPU
+would leave attention out.)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
+
+# (width, target positions); "max" is the longest the model takes (its max_len - 1).
+FIT_SHAPES = ((64, 16), (64, "max"), (512, 16), (512, "max"), (1024, 16), (1024, "max"), (256, 40), (128, 32))
+CHECK_SHAPES = ((336, 24), (976, 48))
 
 # (name fragment as torch.cuda.get_device_name reports it, {precision: dense peak TFLOP/s}); first match wins.
 PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
@@ -58,8 +73,51 @@ def training_flops(model: Any, images: Any, tgt_in: Any, tgt_out: Any, widths: A
     return int(counter.get_total_flops())
 
 
-def t4_estimate(flops_per_sample: float, utilisations: tuple[float, ...] = (0.25, 0.40)) -> dict[str, float]:
+def t4_estimate(flops_per_sample: float, utilisations: tuple[float, ...] = (0.05, 0.10, 0.25, 0.40),
+                target: float = 100.0) -> dict[str, float]:
     """Samples/s a T4 would train at in fp16 if its tensor cores reached each utilisation of their 65 TFLOP/s
-    peak: an estimate, not a measurement."""
-    return {f"t4_fp16_samples_per_s_at_{round(100 * u)}pct": T4_FP16_PEAK * 1e12 * u / flops_per_sample
-            for u in utilisations}
+    peak (an estimate, not a measurement), and the utilisation ``target`` samples/s needs."""
+    out = {f"t4_fp16_samples_per_s_at_{round(100 * u)}pct": T4_FP16_PEAK * 1e12 * u / flops_per_sample
+           for u in utilisations}
+    out[f"t4_utilisation_for_{target:.0f}_samples_per_s"] = target * flops_per_sample / (T4_FP16_PEAK * 1e12)
+    return out
+
+
+def _terms(width: float, length: float) -> list[float]:
+    return [width, length, width * length, length * length, 1.0]
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """Training FLOPs per sample as a function of the padded image width and target positions."""
+
+    coefficients: tuple[float, ...]
+    fit_error: float  # largest relative error on CHECK_SHAPES
+
+    def per_sample(self, width: int, length: int) -> float:
+        return float(np.dot(self.coefficients, _terms(width, length)))
+
+    @classmethod
+    def fit(cls, model_config: Any, height: int) -> FlopModel:
+        import torch
+
+        from trainer.model import ImageToLatex
+
+        with torch.device("meta"):
+            model = ImageToLatex(model_config)
+
+        def counted(width: int, length: int) -> float:
+            meta = torch.device("meta")
+            images = torch.zeros(2, 1, height, width, device=meta)
+            tokens = torch.zeros(2, length, dtype=torch.long, device=meta)
+            return training_flops(model, images, tokens, tokens, torch.full((2,), width, device=meta)) / 2
+
+        longest = model_config.max_len - 1
+        shapes = [(w, longest if n == "max" else min(int(n), longest)) for w, n in FIT_SHAPES]
+        rows = np.array([_terms(w, n) for w, n in shapes])
+        values = np.array([counted(w, n) for w, n in shapes])
+        coefficients = np.linalg.lstsq(rows, values, rcond=None)[0]
+        fitted = cls(tuple(float(c) for c in coefficients), 0.0)
+        checks = [(w, min(n, longest)) for w, n in CHECK_SHAPES]
+        error = max(abs(fitted.per_sample(w, n) / counted(w, n) - 1) for w, n in checks)
+        return cls(fitted.coefficients, float(error))

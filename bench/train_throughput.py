@@ -216,7 +216,8 @@ class StepTimer:
         self.trainer._train_step(batch)
         synchronize(self.trainer)
         return {"wait": got - began, "busy": time.time() - got, "samples": len(batch),
-                "tokens": int((batch.tgt_out != Vocab.PAD).sum()), "novelty": novelty, "got": got}
+                "tokens": int((batch.tgt_out != Vocab.PAD).sum()), "novelty": novelty, "got": got,
+                "width": int(batch.images.shape[-1]), "length": int(batch.tgt_in.shape[1])}
 
 
 def epoch_plan(trainer: Any, first_epoch: int, steps: int) -> list[tuple[int, int]]:
@@ -256,6 +257,7 @@ def measure_steps(trainer: Any, warmup: int, steps: int) -> dict[str, Any]:
     result |= {"first_step_after_start_s": first["got"] - PROCESS_START,
                "warmup_steps_s": sum(s["wait"] + s["busy"] for s in warm_up)}
     result |= new_shape_costs(cold, warm)
+    result["steps"] = warm  # for the FLOPs; popped before printing
     return result
 
 
@@ -282,32 +284,14 @@ def epoch_shape_figures(trainer: Any, epoch: int = 0) -> dict[str, Any]:
             "epoch_distinct_lengths": shapes.distinct_lengths}
 
 
-def measure_flops(trainer: Any, plan: list[tuple[int, int]]) -> dict[str, Any]:
-    """FLOPs per training sample over the timed batches: counted once per distinct batch shape on the first
-    two samples of a batch of that shape (every counted op is linear in the batch), weighted by its steps."""
-    import torch
+def measure_flops(trainer: Any, steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """FLOPs per training sample over ``steps`` (their padded widths and target positions), from the counted
+    and fitted FLOPs of this model (bench/flops.py)."""
+    from bench.flops import FlopModel
 
-    from bench.flops import training_flops
-
-    per_shape: dict[Any, float] = {}
-    total = samples = 0.0
-    loader = trainer._loader()
-    for epoch, count in plan:
-        trainer.sampler.set_epoch(epoch, 0)
-        for _, batch in zip(range(count), loader, strict=False):
-            shape = shape_of(batch)
-            if shape not in per_shape:
-                part = batch.to(trainer.runtime.device)
-                keep = min(len(batch), 2)
-                images = part.images[:keep]
-                if trainer.cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                flops = training_flops(trainer.model, images, part.tgt_in[:keep], part.tgt_out[:keep],
-                                       part.widths[:keep])
-                per_shape[shape] = flops / keep
-            total += per_shape[shape] * len(batch)
-            samples += len(batch)
-    return {"flops_per_sample": total / samples if samples else None, "flops_shapes_counted": len(per_shape)}
+    flops = FlopModel.fit(trainer.model.cfg, trainer.spec.height)
+    total = sum(flops.per_sample(s["width"], s["length"]) * s["samples"] for s in steps)
+    return {"flops_per_sample": total / sum(s["samples"] for s in steps), "flops_fit_error": flops.fit_error}
 
 
 def achieved(result: dict[str, Any], trainer: Any) -> dict[str, Any]:
@@ -456,8 +440,9 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     result["new_shapes_session_s"] = new_shapes_session_s(result, trainer)
     result["validation_s"] = measure_validation(trainer)
     result["validation_s_per_1000"] = 1000 * result["validation_s"] / max(len(trainer.val_split), 1)
+    steps = result.pop("steps")
     if a.flops:
-        result |= measure_flops(trainer, epoch_plan(trainer, 0, a.steps))
+        result |= measure_flops(trainer, steps)
         result |= achieved(result, trainer)
     if a.profile:
         result["top_kernels"] = profile_steps(trainer, a.profile)
