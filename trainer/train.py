@@ -46,7 +46,6 @@ from trainer.loader import batches, build_loader
 from trainer.logs import get_logger, log_metrics
 from trainer.metrics import score_texts
 from trainer.model import ImageToLatex, ModelConfig, count_parameters, model_config_for
-from trainer.precision import choose_precision, configure_backends
 from trainer.optim import (
     MAX_SKIPPED_STEPS,
     SkippedSteps,
@@ -55,6 +54,7 @@ from trainer.optim import (
     lr_at,
     new_schedule,
 )
+from trainer.precision import choose_precision, configure_backends
 from trainer.resume import load_weights, own_rng, plan_resume, position_for_world_size
 from trainer.runtime import Runtime
 from trainer.saving import SaveTarget, log_saved, save_state
