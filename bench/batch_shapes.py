@@ -8,7 +8,9 @@ synthetic set draws them, since the dataset's own images are not here: a proxy f
 synthetic set (``trainer/synthetic.py``). Each goes through the trainer's own preprocessing (ImageSpec
 defaults: height 64, widths to 1024 in steps of 16) and its training sampler (WidthBucketSampler, batches
 grouped by width), then is collated as the trainer collates: each batch padded to its widest image and
-longest target (before), or to the width bucket and the rounded length (after). Printed per epoch: distinct
+longest target (before), or to the width bucket and the rounded length, with the sampler's pools sorted by
+(width bucket, target length) as the trainer now sorts them (after; ``buckets_width_sorted``: buckets with
+pools sorted by width alone). Printed per epoch: distinct
 (width, length) shapes, distinct widths and lengths, share of pixels that are padding, share of target
 positions that are PAD; also over all ``--epochs`` (what a session meets), and the same for other bucket
 ratios and length steps (how the defaults were chosen). Rendered widths are cached (``--cache``).
@@ -33,7 +35,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainer.buckets import LENGTH_STEP, WIDTH_RATIO, ShapeBuckets, epoch_shapes, width_buckets  # noqa: E402
+from trainer.buckets import (  # noqa: E402
+    LENGTH_STEP,
+    WIDTH_RATIO,
+    ShapeBuckets,
+    epoch_shapes,
+    order_keys,
+    width_buckets,
+)
 from trainer.data import WidthBucketSampler  # noqa: E402
 from trainer.images import ImageSpec, preprocess  # noqa: E402
 
@@ -78,14 +87,24 @@ def rendered_sizes(name: str, formulas: list[str], a: argparse.Namespace) -> tup
     return np.array(widths, np.int64), np.array(lengths, np.int64)
 
 
-def measure(widths: np.ndarray, lengths: np.ndarray, a: argparse.Namespace) -> dict[str, Any]:
-    sampler = WidthBucketSampler(widths, a.batch_size, seed=0)
-    epochs = [sampler.epoch_batches(e) for e in range(a.epochs)]
-    session = [batch for batches in epochs for batch in batches]
-    after = ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN)
+AFTER = ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN)
+# (name, buckets, sort pools by (bucket, length)): the trainer before, buckets alone, the trainer now.
+VARIANTS = (("before", None, False), ("buckets_width_sorted", AFTER, False), ("after", AFTER, True))
 
-    def figures(buckets: ShapeBuckets | None) -> dict[str, Any]:
+
+def session_batches(widths: np.ndarray, lengths: np.ndarray, buckets: ShapeBuckets | None, by_length: bool,
+                    a: argparse.Namespace) -> list[list[list[int]]]:
+    """Each epoch's batches as the trainer's sampler cuts them."""
+    keys = order_keys(buckets, widths, [[0] * int(n) for n in lengths]) if by_length else None
+    sampler = WidthBucketSampler(widths, a.batch_size, seed=0, order_keys=keys)
+    return [sampler.epoch_batches(e) for e in range(a.epochs)]
+
+
+def measure(widths: np.ndarray, lengths: np.ndarray, a: argparse.Namespace) -> dict[str, Any]:
+    def figures(buckets: ShapeBuckets | None, by_length: bool) -> dict[str, Any]:
+        epochs = session_batches(widths, lengths, buckets, by_length, a)
         per_epoch = [epoch_shapes(b, widths, lengths, buckets).as_dict() for b in epochs]
+        session = [batch for batches in epochs for batch in batches]
         return {"epoch0": per_epoch[0], "distinct_shapes_per_epoch": [e["distinct_shapes"] for e in per_epoch],
                 "session": epoch_shapes(session, widths, lengths, buckets).as_dict()}
 
@@ -93,11 +112,12 @@ def measure(widths: np.ndarray, lengths: np.ndarray, a: argparse.Namespace) -> d
     for ratio in RATIOS:
         for step in LENGTH_STEPS:
             buckets = ShapeBuckets(width_buckets(1024, 16, ratio), step, MAX_TARGET_LEN + 1)
+            session = [b for bs in session_batches(widths, lengths, buckets, True, a) for b in bs]
             s = epoch_shapes(session, widths, lengths, buckets)
             sweep[f"ratio{ratio}_step{step}"] = {"width_buckets": len(buckets.widths), **s.as_dict()}
     return {"samples": int(widths.size), "width_range": [int(widths.min()), int(widths.max())],
             "median_width": float(np.median(widths)), "length_range": [int(lengths.min()), int(lengths.max())],
-            "before": figures(None), "after": figures(after), "sweep": sweep}
+            **{name: figures(buckets, by_length) for name, buckets, by_length in VARIANTS}, "sweep": sweep}
 
 
 def padded_shapes(batches: list[list[int]], widths: np.ndarray, lengths: np.ndarray,
@@ -122,11 +142,10 @@ def measure_flops(widths: np.ndarray, lengths: np.ndarray, vocab_size: int, a: a
     from trainer.model import model_config_for
 
     flop_model = FlopModel.fit(model_config_for(a.flops_model, vocab_size, MAX_TARGET_LEN + 2), ImageSpec().height)
-    sampler = WidthBucketSampler(widths, a.batch_size, seed=0)
-    session = [batch for e in range(a.epochs) for batch in sampler.epoch_batches(e)]
     out: dict[str, Any] = {"model_size": a.flops_model, "vocab_size": vocab_size, "fit_error": flop_model.fit_error,
                            "coefficients_w_l_wl_ll_1": flop_model.coefficients}
-    for name, buckets in (("before", None), ("after", ShapeBuckets.for_training(1024, 16, MAX_TARGET_LEN))):
+    for name, buckets, by_length in VARIANTS:
+        session = [b for bs in session_batches(widths, lengths, buckets, by_length, a) for b in bs]
         flops = flops_per_sample(flop_model, padded_shapes(session, widths, lengths, buckets))
         out[name] = {"flops_per_sample": flops, **t4_estimate(flops)}
     return out

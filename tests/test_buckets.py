@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.buckets import ShapeBuckets, epoch_shapes, target_lengths, width_buckets
+from trainer.buckets import ShapeBuckets, epoch_shapes, order_keys, target_lengths, width_buckets
 from trainer.config import parse_args
 from trainer.data import WidthBucketSampler, collate, padding_share
 from trainer.model import ImageToLatex, model_config_for
@@ -108,3 +108,22 @@ def test_no_shape_buckets_restores_the_batch_own_shape() -> None:
     batch = collate(batch_items)  # what the trainer collates with --no_shape_buckets (buckets None)
     assert batch.images.shape[-1] == 128 and batch.tgt_in.shape[1] == 12
     assert collate(batch_items, TRAINER_BUCKETS).images.shape[-1] == TRAINER_BUCKETS.pad_width(128) == 144
+
+
+def test_sorting_pools_by_bucket_then_length_cuts_pad_positions_at_no_pixel_cost() -> None:
+    rng = np.random.default_rng(5)
+    widths = formula_like_widths(3000)
+    lengths = np.clip((widths / 5 * rng.lognormal(0, 0.5, widths.size)).astype(np.int64), 1, 200)
+    targets = [[4] * int(n) for n in lengths]
+    keys = order_keys(TRAINER_BUCKETS, widths, targets)
+    assert order_keys(None, widths, targets) is None  # --no_shape_buckets: the sampler sorts by width, as before
+    by_width = epoch_shapes(WidthBucketSampler(widths, 32, seed=0).epoch_batches(0), widths, lengths, TRAINER_BUCKETS)
+    sampler = WidthBucketSampler(widths, 32, seed=0, order_keys=keys)
+    by_length = epoch_shapes(sampler.epoch_batches(0), widths, lengths, TRAINER_BUCKETS)
+    assert by_length.token_padding < 0.8 * by_width.token_padding
+    assert by_length.pixel_padding < 0.15 and by_length.distinct_widths <= len(TRAINER_BUCKETS.widths)
+    flat = sorted(i for batch in sampler.epoch_batches(2) for i in batch)
+    assert flat == list(range(widths.size))  # still every sample once, in a pure order
+    assert sampler.epoch_batches(2) == WidthBucketSampler(widths, 32, seed=0, order_keys=keys).epoch_batches(2)
+    with pytest.raises(ValueError, match="order keys"):
+        WidthBucketSampler(widths, 32, seed=0, order_keys=keys[:-1])

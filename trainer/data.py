@@ -220,6 +220,10 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
     complete are dropped so every rank gets the same number of batches (a different few samples each
     epoch). Not shuffled (evaluation): sorted by width, and the last group is completed by wrapping
     around so that every sample is seen (a few twice when world_size > 1).
+
+    ``order_keys`` (shuffled only): what pools are sorted by instead of the widths. With shape buckets the
+    trainer passes (width bucket, target length) (trainer/buckets.py ``order_keys``): batches padded to one
+    bucket cost the same pixels whatever their widths inside it, so sorting by length there cuts PAD positions.
     """
 
     def __init__(
@@ -231,6 +235,7 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        order_keys: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -239,6 +244,9 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.widths = np.asarray(widths, dtype=np.int64)
         if self.widths.size == 0:
             raise DataError("cannot batch an empty split")
+        self.keys = self.widths if order_keys is None else np.asarray(order_keys, dtype=np.int64)
+        if self.keys.shape != self.widths.shape:
+            raise ValueError(f"{self.keys.size} order keys for {self.widths.size} samples")
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -271,7 +279,7 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         )
         batches: list[list[int]] = []
         for pool in np.split(permuted, bounds):
-            batches.extend(self._cut(pool[np.argsort(self.widths[pool], kind="stable")]))
+            batches.extend(self._cut(pool[np.argsort(self.keys[pool], kind="stable")]))
         groups = [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
         if len(groups) > 1 and len(groups[-1]) < self.world_size:
             # Every rank must get the same number of batches: the incomplete group sits out (a different

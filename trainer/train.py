@@ -29,7 +29,7 @@ from kr_contract.names import (
 from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
 from trainer import distributed, splits, watch
-from trainer.buckets import ShapeBuckets, describe_buckets
+from trainer.buckets import ShapeBuckets, describe_buckets, order_keys
 from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -105,8 +105,9 @@ class Trainer:
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
+        keys = order_keys(self.buckets, self.train_split.widths, self.train_split.targets)
         self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
-                                          rank=self.runtime.rank, world_size=self.runtime.world_size)
+                                          rank=self.runtime.rank, world_size=self.runtime.world_size, order_keys=keys)
         self.steps_per_epoch = len(self.sampler)
         self._build_model(state)
         seed_rank(self.cfg.seed, self.runtime.rank)
