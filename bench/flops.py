@@ -18,7 +18,10 @@ would leave attention out.)
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,7 +101,22 @@ class FlopModel:
         return float(np.dot(self.coefficients, _terms(width, length)))
 
     @classmethod
-    def fit(cls, model_config: Any, height: int) -> FlopModel:
+    def fit(cls, model_config: Any, height: int, cache_dir: str | Path | None = None) -> FlopModel:
+        """Counted and fitted, or read from ``cache_dir`` where an earlier run left the same model's fit
+        (counting takes seconds per shape; gpu.sh runs the same model many times)."""
+        key = hashlib.sha256(json.dumps([model_config.to_dict(), height, FIT_SHAPES, CHECK_SHAPES]).encode()).hexdigest()
+        path = Path(cache_dir) / f"flops-{key[:16]}.json" if cache_dir else None
+        if path is not None and path.is_file():
+            saved = json.loads(path.read_text())
+            return cls(tuple(saved["coefficients"]), saved["fit_error"])
+        fitted = cls._count_and_fit(model_config, height)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"coefficients": fitted.coefficients, "fit_error": fitted.fit_error}))
+        return fitted
+
+    @classmethod
+    def _count_and_fit(cls, model_config: Any, height: int) -> FlopModel:
         import torch
 
         from trainer.model import ImageToLatex

@@ -284,12 +284,12 @@ def epoch_shape_figures(trainer: Any, epoch: int = 0) -> dict[str, Any]:
             "epoch_distinct_lengths": shapes.distinct_lengths}
 
 
-def measure_flops(trainer: Any, steps: list[dict[str, Any]]) -> dict[str, Any]:
+def measure_flops(trainer: Any, steps: list[dict[str, Any]], cache: str | None = None) -> dict[str, Any]:
     """FLOPs per training sample over ``steps`` (their padded widths and target positions), from the counted
     and fitted FLOPs of this model (bench/flops.py)."""
     from bench.flops import FlopModel
 
-    flops = FlopModel.fit(trainer.model.cfg, trainer.spec.height)
+    flops = FlopModel.fit(trainer.model.cfg, trainer.spec.height, cache)
     total = sum(flops.per_sample(s["width"], s["length"]) * s["samples"] for s in steps)
     return {"flops_per_sample": total / sum(s["samples"] for s in steps), "flops_fit_error": flops.fit_error}
 
@@ -442,7 +442,7 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     result["validation_s_per_1000"] = 1000 * result["validation_s"] / max(len(trainer.val_split), 1)
     steps = result.pop("steps")
     if a.flops:
-        result |= measure_flops(trainer, steps)
+        result |= measure_flops(trainer, steps, cache_dir(a))
         result |= achieved(result, trainer)
     if a.profile:
         result["top_kernels"] = profile_steps(trainer, a.profile)

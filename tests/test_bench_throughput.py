@@ -80,15 +80,16 @@ def test_peaks_are_per_card_and_precision() -> None:
     assert peak_tflops("cpu", "fp32") is None and peak_tflops("Some New GPU", "fp16") is None
 
 
-def test_the_fitted_flops_equal_a_direct_count_at_other_shapes() -> None:
+def test_the_fitted_flops_equal_a_direct_count_at_other_shapes(tmp_path: Path) -> None:
     import torch
 
     from bench.flops import FlopModel, t4_estimate, training_flops
     from trainer.model import ImageToLatex, model_config_for
 
     cfg = model_config_for("tiny", 30, 64)
-    fitted = FlopModel.fit(cfg, 32)
-    assert fitted.fit_error < 1e-9
+    fitted = FlopModel.fit(cfg, 32, tmp_path)
+    assert fitted.fit_error < 1e-9 and FlopModel.fit(cfg, 32, tmp_path) == fitted  # the second from the cache
+    assert len(list(tmp_path.glob("flops-*.json"))) == 1
     model = ImageToLatex(cfg)
     tokens = torch.randint(4, 30, (3, 21))
     # The math attention backend: the flop counter has no formula for CPU's fused attention kernel.
@@ -102,7 +103,7 @@ def test_the_fitted_flops_equal_a_direct_count_at_other_shapes() -> None:
 def test_flops_per_sample_weights_each_step_by_its_samples(bench, monkeypatch) -> None:
     from bench import flops
 
-    monkeypatch.setattr(flops.FlopModel, "fit", classmethod(lambda cls, cfg, height: cls((1.0, 0.0, 0.0, 0.0, 0.0), 0.0)))
+    monkeypatch.setattr(flops.FlopModel, "fit", classmethod(lambda cls, cfg, height, cache=None: cls((1.0, 0.0, 0.0, 0.0, 0.0), 0.0)))
     trainer = SimpleNamespace(model=SimpleNamespace(cfg=None), spec=SimpleNamespace(height=64))
     steps = [step(0.1, "seen", samples=32) | {"width": 100, "length": 16},
              step(0.1, "seen", samples=16) | {"width": 400, "length": 16}]

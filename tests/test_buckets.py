@@ -127,3 +127,32 @@ def test_sorting_pools_by_bucket_then_length_cuts_pad_positions_at_no_pixel_cost
     assert sampler.epoch_batches(2) == WidthBucketSampler(widths, 32, seed=0, order_keys=keys).epoch_batches(2)
     with pytest.raises(ValueError, match="order keys"):
         WidthBucketSampler(widths, 32, seed=0, order_keys=keys[:-1])
+
+
+@pytest.mark.parametrize("flag", [[], ["--no_shape_buckets"]])
+def test_the_trainer_loader_pads_to_buckets_unless_told_not_to(flag: list[str], tmp_path, shared_cache_dir) -> None:
+    import time
+
+    from tests.trainer_support import tiny_args
+    from trainer.logs import close_logging, setup_logging
+    from trainer.runtime import detect_runtime
+    from trainer.train import Trainer
+
+    cfg = parse_args(tiny_args(tmp_path, *flag, cache_dir=shared_cache_dir))
+    setup_logging(tmp_path, enabled=False)
+    try:
+        trainer = Trainer(cfg, detect_runtime("cpu"), time.time())
+        trainer.setup()
+    finally:
+        close_logging()
+    split = trainer.train_split
+    old_order = WidthBucketSampler(split.widths, cfg.batch_size, cfg.seed).epoch_batches(0)
+    trainer.sampler.set_epoch(0)
+    for batch, indices in zip(trainer._loader(), trainer.sampler.epoch_batches(0), strict=True):
+        widest, longest = int(split.widths[indices].max()), int(target_lengths(split.targets)[indices].max()) + 1
+        if flag:  # the old behaviour: each batch its own shape, in the old order
+            assert (batch.images.shape[-1], batch.tgt_in.shape[1]) == (widest, longest)
+        else:
+            assert batch.images.shape[-1] == trainer.buckets.pad_width(widest) in trainer.buckets.widths
+            assert batch.tgt_in.shape[1] == trainer.buckets.pad_length(longest)
+    assert (trainer.sampler.epoch_batches(0) == old_order) == bool(flag)
