@@ -108,3 +108,26 @@ def test_channels_last_gives_the_same_logits_and_gradients() -> None:
     torch.testing.assert_close(nhwc_logits, nchw_logits, rtol=1e-4, atol=1e-5)
     for name, grad in nchw_grads.items():
         torch.testing.assert_close(nhwc_grads[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+
+
+def test_a_config_saved_before_the_residual_option_builds_the_plain_encoder() -> None:
+    """Checkpoints written before ModelConfig.residual existed hold no such key: they must load unchanged."""
+    saved = model_config_for("tiny", vocab_size=20, max_len=12).to_dict()
+    del saved["residual"]
+    old = ImageToLatex(ModelConfig.from_dict(saved))
+    plain = ImageToLatex(model_config_for("tiny", vocab_size=20, max_len=12))
+    assert old.cfg.residual is False
+    assert old.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_shape_overrides_and_the_residual_encoder() -> None:
+    cfg = model_config_for("tiny", vocab_size=20, max_len=12, d_model=128, ff_dim=256, residual=True,
+                           cnn_channels=(16, 32, 64, 128), decoder_layers=None)
+    assert (cfg.d_model, cfg.ff_dim, cfg.residual, cfg.cnn_channels, cfg.decoder_layers) == (128, 256, True,
+                                                                                          (16, 32, 64, 128), 2)
+    model = ImageToLatex(cfg).eval()
+    assert model(torch.rand(2, 1, 64, 96), torch.randint(0, 20, (2, 5))).shape == (2, 5, 20)
+    assert count_parameters(model) > count_parameters(ImageToLatex(model_config_for("tiny", 20, 12, d_model=128,
+                                                                                    ff_dim=256)))
+    with pytest.raises(ValueError, match="multiple of the 4 attention heads"):
+        model_config_for("tiny", vocab_size=20, max_len=12, d_model=66)

@@ -136,8 +136,9 @@ def test_command_hands_the_extracted_checkpoint_to_the_trainer(
     """The command's plumbing, with the trainer's entry point recording what it is given."""
     seen: dict[str, object] = {}
 
-    def predict_images(checkpoint_path: str, image_paths: list[str]) -> list[str]:
+    def predict_images(checkpoint_path: str, image_paths: list[str], *, beam: int = 1) -> list[str]:
         seen["checkpoint"] = Path(checkpoint_path).read_bytes()
+        seen["beam"] = beam
         return [f"x ^ {{ {i} }}" for i, _ in enumerate(image_paths)]
 
     stand_in = types.SimpleNamespace(
@@ -151,8 +152,12 @@ def test_command_hands_the_extracted_checkpoint_to_the_trainer(
     code, stdout, _ = _kr("predict", *images, "--checkpoint", str(tarball))
     assert code == 0 and seen["checkpoint"] == b"newest"
     assert stdout.splitlines() == [f"{images[0]}\tx ^ {{ 0 }}", f"{images[1]}\tx ^ {{ 1 }}"]
-    code, stdout, _ = _kr("predict", images[0], "--checkpoint", str(tarball), "--json")
+    assert seen["beam"] == 1  # greedy unless asked
+    code, stdout, _ = _kr("predict", images[0], "--checkpoint", str(tarball), "--json", "--beam", "4")
     assert json.loads(stdout) == [{"image": images[0], "latex": "x ^ { 0 }"}]
+    assert seen["beam"] == 4
+    code, _, stderr = _kr("predict", images[0], "--checkpoint", str(tarball), "--beam", "0")
+    assert code == 2 and "--beam must be at least 1" in stderr
 
 
 # ------------------------------------------------------------------------------------------ a real model
@@ -199,6 +204,9 @@ def test_predict_reads_back_the_formulas_a_trained_tiny_model_knows(tmp_path: Pa
     code, stdout, stderr = _kr("predict", *map(str, images), "--checkpoint", str(tarball))
     assert code == 0, stderr
     assert [line.split("\t", 1)[1] for line in stdout.splitlines()] == KNOWN_FORMULAS
+    code, stdout, stderr = _kr("predict", *map(str, images), "--checkpoint", str(tarball), "--beam", "3")
+    assert code == 0, stderr
+    assert [line.split("\t", 1)[1] for line in stdout.splitlines()] == KNOWN_FORMULAS  # beam search reads them too
     # The same model found as the newest checkpoint of a run, images in the other order.
     run = Path(os.environ["KR_HOME"]) / "runs" / "20261126-080000-ef56"
     (run / "output").mkdir(parents=True)

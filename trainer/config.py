@@ -44,6 +44,14 @@ class TrainConfig:
     schedule_epochs: int = 50
     grad_clip: float = 1.0
     label_smoothing: float = 0.1
+    augment: bool = False
+    # Model shape on top of --model_size's preset (None: the preset's); a resumed run keeps its checkpoint's.
+    d_model: int | None = None
+    decoder_layers: int | None = None
+    ff_dim: int | None = None
+    cnn_channels: tuple[int, ...] | None = None
+    dropout: float | None = None
+    residual_encoder: bool = False
     max_target_len: int = 200
     image_height: int = 64
     max_width: int = 1024
@@ -74,6 +82,12 @@ class TrainConfig:
         if self.use_huggingface is not None:
             return self.use_huggingface
         return self.data_dir is None and self.data_name != "synthetic"
+
+    def shape_overrides(self) -> dict[str, object]:
+        """The model-shape flags as ModelConfig fields (None: the size's preset)."""
+        return {"d_model": self.d_model, "decoder_layers": self.decoder_layers, "ff_dim": self.ff_dim,
+                "cnn_channels": self.cnn_channels, "dropout": self.dropout,
+                "residual": self.residual_encoder or None}
 
     def to_dict(self) -> dict[str, object]:
         saved = asdict(self)
@@ -108,6 +122,23 @@ def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 32,64,128,128, got {text!r}") from None
+    if len(values) < 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need at least 4 positive channel counts (the CNN halves the height 4 times), got {text!r}")
+    return values
+
+
+def _dropout(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
     return value
 
 
@@ -210,6 +241,21 @@ def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
                    help="cosine horizon in epochs when --schedule_steps is not given")
     g.add_argument("--grad_clip", type=_positive_float, default=1.0, help="gradient norm clip")
     g.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
+    g.add_argument("--augment", action="store_true",
+                   help="augment training images (affine jitter, stroke thickness, blur, paper tone, noise; the "
+                        "text never changes; never in validation or prediction): trainer/augment.py")
+    _add_shape_flags(p)
+
+
+def _add_shape_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model shape (on top of --model_size; a resumed run keeps its checkpoint's)")
+    g.add_argument("--d_model", type=_positive_int, default=None, help="decoder width (a multiple of the heads)")
+    g.add_argument("--decoder_layers", type=_positive_int, default=None, help="Transformer decoder layers")
+    g.add_argument("--ff_dim", type=_positive_int, default=None, help="decoder MLP width")
+    g.add_argument("--cnn_channels", type=_channels, default=None, help="CNN stage widths, e.g. 32,64,128,128")
+    g.add_argument("--dropout", type=_dropout, default=None, help="dropout in the decoder")
+    g.add_argument("--residual_encoder", action="store_true",
+                   help="residual blocks in the CNN's stages after the first (deeper encoder)")
 
 
 def _add_artifact_flags(p: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 Prints JSON: bleu4 (corpus BLEU-4), exact_match, edit_distance (token Levenshtein / reference length, lower is
 better), edit_score (1 - distance / longer length, higher is better), samples, loss; all from free greedy
-decoding with the checkpoint's vocabulary and image preprocessing.
+decoding (greedy, or beam search with ``--beam N``) with the checkpoint's vocabulary and image preprocessing.
 """
 
 from __future__ import annotations
@@ -41,7 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_samples", type=int, default=0, help="score only the first N samples (0: all)")
     p.add_argument("--batch_size", type=int, default=32, help="samples decoded together")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    p.add_argument("--beam", type=_beam_width, default=1, help="beam width (1: greedy decoding)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return p
+
+
+def _beam_width(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (1 is greedy decoding), got {value}")
+    return value
 
 
 def data_config(args: argparse.Namespace, saved: dict[str, Any]) -> DataConfig:
@@ -54,7 +63,7 @@ def data_config(args: argparse.Namespace, saved: dict[str, Any]) -> DataConfig:
 
 
 def evaluate(loaded: LoadedModel, cfg: DataConfig, split: str, max_samples: int, batch_size: int,
-             device: torch.device) -> dict[str, Any]:
+             device: torch.device, beam: int = 1) -> dict[str, Any]:
     texts, images = load_texts_and_images(cfg, split)
     if max_samples > 0:
         texts, images = texts[:max_samples], images[:max_samples]
@@ -62,22 +71,24 @@ def evaluate(loaded: LoadedModel, cfg: DataConfig, split: str, max_samples: int,
     prepared = prepare_split(texts, images, loaded.vocab, loaded.spec, max_len)
     if len(prepared) == 0:
         raise DataError(f"no readable image in the {split} split: check the data source")
-    decoded = decode_split(loaded.model, prepared, loaded.vocab, batch_size, device)
+    decoded = decode_split(loaded.model, prepared, loaded.vocab, batch_size, device, beam=beam)
     progress = loaded.state["progress"]
     return {**score_texts(decoded.hypotheses, prepared.texts), "loss": decoded.loss, "samples": len(prepared),
-            "split": split, "checkpoint": str(loaded.resumed.origin), "epoch": progress["epoch"],
+            "split": split, "beam": beam, "checkpoint": str(loaded.resumed.origin), "epoch": progress["epoch"],
             "step": progress["global_step"], "data_report": prepared.report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     try:
         with tempfile.TemporaryDirectory(prefix="kr-evaluate-") as scratch:
             loaded = load_model(args.checkpoint, Path(scratch), device)
         cfg = data_config(args, loaded.state.get("data_config", {}))
-        scores = evaluate(loaded, cfg, args.split, args.max_samples, max(1, args.batch_size), device)
+        scores = evaluate(loaded, cfg, args.split, args.max_samples, max(1, args.batch_size), device, args.beam)
     except (CheckpointError, DataError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.beam import decode_batch
 from trainer.checkpoint import CheckpointError, Resumed, load_candidate
 from trainer.data import OcrDataset, PreparedSplit, WidthBucketSampler, collate
 from trainer.images import ImageSpec
@@ -42,18 +43,19 @@ class DecodePart:
 
 
 def decode_split(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_size: int, device: torch.device,
-                 should_continue: Callable[[], bool] = lambda: True) -> DecodeResult:
-    """Free greedy decoding of every sample plus the teacher-forced loss; ``should_continue`` is asked
-    before each batch (deadline, signal)."""
-    return join_parts([decode_part(model, split, vocab, batch_size, device, should_continue)], len(split))
+                 should_continue: Callable[[], bool] = lambda: True, beam: int = 1) -> DecodeResult:
+    """Free decoding (greedy, or beam search for ``beam`` > 1) of every sample plus the teacher-forced loss;
+    ``should_continue`` is asked before each batch (deadline, signal)."""
+    return join_parts([decode_part(model, split, vocab, batch_size, device, should_continue, beam=beam)], len(split))
 
 
 def decode_part(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_size: int, device: torch.device,
                 should_continue: Callable[[], bool] = lambda: True, rank: int = 0, world_size: int = 1,
-                precision: Precision | None = None) -> DecodePart:
+                precision: Precision | None = None, beam: int = 1) -> DecodePart:
     """Decodes every ``world_size``-th batch starting at ``rank``. The batches are the same whatever the
     world size (so are their results), and width-sorted, so round-robin gives each rank a similar load.
-    ``precision``: the training run's; by default what ``--precision auto`` picks for ``device``."""
+    ``precision``: the training run's; by default what ``--precision auto`` picks for ``device``. ``beam``: 1 is
+    greedy, more is beam search (trainer/beam.py)."""
     model.eval()
     dataset = OcrDataset(split)
     part = DecodePart({}, {}, complete=True)
@@ -69,7 +71,7 @@ def decode_part(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_s
             loss = float(F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(),
                                          ignore_index=Vocab.PAD, reduction="sum"))
             part.losses[number] = (loss, int((batch.tgt_out != Vocab.PAD).sum()))
-            decoded = model.greedy_decode(batch.images, Vocab.BOS, Vocab.EOS, widths=batch.widths)
+            decoded = decode_batch(model, batch.images, Vocab.BOS, Vocab.EOS, beam=beam, widths=batch.widths)
             for index, ids in zip(indices, decoded, strict=True):
                 part.hypotheses[index] = vocab.decode(ids)
     return part

@@ -32,6 +32,9 @@ class ModelConfig:
     ff_dim: int = 2048
     dropout: float = 0.1
     max_len: int = 256  # maximum output length in tokens, BOS/EOS included
+    # Residual blocks in the encoder (stages after the first: two more convolutions with a skip each). False
+    # is the plain encoder every checkpoint before this field has, so old checkpoints load unchanged.
+    residual: bool = False
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -55,10 +58,32 @@ MODEL_SIZES: dict[str, dict[str, object]] = {
 }
 
 
-def model_config_for(size: str, vocab_size: int, max_len: int) -> ModelConfig:
+def model_config_for(size: str, vocab_size: int, max_len: int, **overrides: object) -> ModelConfig:
+    """The size's preset, with ``overrides`` (fields of ModelConfig; None values are ignored) on top."""
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}: choose one of {', '.join(MODEL_SIZES)}")
-    return ModelConfig(vocab_size=vocab_size, max_len=max_len, **MODEL_SIZES[size])  # type: ignore[arg-type]
+    fields = {**MODEL_SIZES[size], **{k: v for k, v in overrides.items() if v is not None}}
+    cfg = ModelConfig(vocab_size=vocab_size, max_len=max_len, **fields)  # type: ignore[arg-type]
+    if cfg.d_model % cfg.heads:
+        raise ValueError(f"d_model {cfg.d_model} must be a multiple of the {cfg.heads} attention heads")
+    return cfg
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input, then ReLU: depth without a harder optimisation."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
 
 
 class ConvEncoder(nn.Module):
@@ -74,7 +99,9 @@ class ConvEncoder(nn.Module):
                 nn.BatchNorm2d(out_ch),
                 nn.ReLU(inplace=True),
             ]
-            if (
+            if cfg.residual and index > 0:  # the first stage runs at full resolution: kept cheap
+                layers.append(ResidualBlock(out_ch))
+            elif (
                 index >= len(cfg.cnn_channels) - 2
             ):  # deeper stages get a second conv: more capacity, same grid
                 layers += [

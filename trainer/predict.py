@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from trainer.beam import decode_batch
 from trainer.checkpoint import CheckpointError
 from trainer.config import OneLineErrorParser
 from trainer.data import collate
@@ -27,16 +28,18 @@ class PredictError(Exception):
 
 
 def predict_images(checkpoint_path: str | Path, image_paths: Sequence[str | Path], *, batch_size: int = 16,
-                   device: str | torch.device | None = None) -> list[str]:
-    """Greedy-decoded LaTeX for each image, in the order given."""
+                   device: str | torch.device | None = None, beam: int = 1) -> list[str]:
+    """LaTeX for each image, in the order given: greedy decoding, or beam search of width ``beam`` > 1."""
+    if beam < 1:
+        raise PredictError(f"the beam width must be at least 1 (1 is greedy decoding), got {beam}")
     target = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with tempfile.TemporaryDirectory(prefix="kr-predict-") as scratch:
         loaded = load_model(checkpoint_path, Path(scratch), target)
-    return decode_images(loaded, image_paths, batch_size, target)
+    return decode_images(loaded, image_paths, batch_size, target, beam=beam)
 
 
 def decode_images(loaded: LoadedModel, image_paths: Sequence[str | Path], batch_size: int,
-                  device: torch.device) -> list[str]:
+                  device: torch.device, beam: int = 1) -> list[str]:
     canvases = [_preprocess_one(path, loaded) for path in image_paths]
     # Similar widths together: little padding, and the padded columns are masked anyway.
     order = sorted(range(len(canvases)), key=lambda i: canvases[i].shape[1])
@@ -45,7 +48,7 @@ def decode_images(loaded: LoadedModel, image_paths: Sequence[str | Path], batch_
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             batch = collate([(torch.from_numpy(canvases[i]).unsqueeze(0), []) for i in chunk]).to(device)
-            ids = loaded.model.greedy_decode(batch.images, Vocab.BOS, Vocab.EOS, widths=batch.widths)
+            ids = decode_batch(loaded.model, batch.images, Vocab.BOS, Vocab.EOS, beam=beam, widths=batch.widths)
             texts.update({i: loaded.vocab.decode(row) for i, row in zip(chunk, ids, strict=True)})
     return [texts[i] for i in range(len(canvases))]
 
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint (BEST_ or last), a checkpoints tarball or its folder")
     p.add_argument("--batch_size", type=int, default=16, help="images decoded together")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
+    p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy decoding)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     return p
 
@@ -74,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     device = None if args.device == "auto" else args.device
     try:
-        lines = predict_images(args.checkpoint, args.images, batch_size=max(1, args.batch_size), device=device)
+        lines = predict_images(args.checkpoint, args.images, batch_size=max(1, args.batch_size), device=device,
+                               beam=args.beam)
     except (CheckpointError, PredictError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -29,6 +29,7 @@ from kr_contract.names import (
 from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
 from trainer import distributed, splits, watch
+from trainer.augment import training_items
 from trainer.buckets import ShapeBuckets, describe_buckets, order_keys
 from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
@@ -40,6 +41,7 @@ from trainer.data import (
     collate,
     padding_share,
 )
+from trainer.examples import log_examples
 from trainer.exchange import SplitExchange
 from trainer.inference import decode_part, join_parts
 from trainer.loader import batches, build_loader
@@ -151,7 +153,8 @@ class Trainer:
         if state is not None:
             model_cfg = ModelConfig.from_dict(state["model_config"])
         else:
-            model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2)
+            model_cfg = model_config_for(self.cfg.model_size, len(self.vocab), self.cfg.max_target_len + 2,
+                                         **self.cfg.shape_overrides())
         self.model = ImageToLatex(model_cfg).to(self.runtime.device)
         if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
@@ -241,8 +244,9 @@ class Trainer:
 
     def _loader(self) -> torch.utils.data.DataLoader:
         # Its own generator: workers' seeds never come from (and never advance) the global torch RNG.
-        return build_loader(OcrDataset(self.train_split), self.sampler, workers=self.cfg.num_workers,
-                            pin_memory=self.runtime.is_cuda, seed=rank_seed(self.cfg.seed, self.runtime.rank),
+        seed = rank_seed(self.cfg.seed, self.runtime.rank)
+        dataset, sampler = training_items(OcrDataset(self.train_split), self.sampler, self.spec, seed, self.cfg.augment)
+        return build_loader(dataset, sampler, workers=self.cfg.num_workers, pin_memory=self.runtime.is_cuda, seed=seed,
                             timeout_s=watch.loader_timeout_s(), collate_fn=functools.partial(collate, buckets=self.buckets))
 
     def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
@@ -376,6 +380,7 @@ class Trainer:
             result = join_parts(parts, len(self.val_split))
             metrics = {**score_texts(result.hypotheses, self.val_split.texts), "loss": result.loss,
                        "samples": len(self.val_split)}
+            log_examples(result.hypotheses, self.val_split.texts)
         return distributed.broadcast_from_main(self.runtime, metrics), ""
 
     def _is_improvement(self, metrics: dict[str, float]) -> bool:

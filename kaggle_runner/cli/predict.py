@@ -50,19 +50,24 @@ def predict(
     best: Annotated[
         bool, typer.Option("--best", help="Use the best checkpoint (by validation BLEU-4), not the newest.")
     ] = False,
+    beam: Annotated[
+        int, typer.Option("--beam", help="Beam width: 1 is greedy decoding; 5 reads a little better, slower.")
+    ] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Print the LaTeX the model reads in each image (one image: the LaTeX alone; several: IMAGE<tab>LaTeX)."""
     if run is not None and checkpoint is not None:
         raise UsageError("give --run or --checkpoint, not both")
     _check_images(images)
+    if beam < 1:
+        raise UsageError(f"--beam must be at least 1 (1 is greedy decoding), got {beam}")
     predict_images, input_errors = _load_predictor()
     source = checkpoint if checkpoint is not None else newest_tarball(run)
     with tempfile.TemporaryDirectory(prefix="kr-predict-") as scratch:
         model_file = checkpoint_file(source, Path(scratch), best=best)
         progress(f"checkpoint: {source}" + ("" if model_file == source else f" ({model_file.name})"))
         try:
-            formulas = predict_images(str(model_file), [str(path) for path in images])
+            formulas = predict_images(str(model_file), [str(path) for path in images], beam=beam)
         except input_errors as exc:
             raise UsageError(str(exc)) from None
     if as_json:
@@ -82,7 +87,7 @@ def _check_images(images: Sequence[Path]) -> None:
         raise UsageError(f"no such image file: {', '.join(missing)}")
 
 
-Predictor = Callable[[str, list[str]], list[str]]
+Predictor = Callable[..., list[str]]  # (checkpoint, images, *, beam) -> one LaTeX line per image
 
 
 def _load_predictor() -> tuple[Predictor, tuple[type[Exception], ...]]:
