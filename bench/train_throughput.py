@@ -1,7 +1,8 @@
 """Training-step throughput of the trainer, and what a session spends before its first step.
 
     python bench/train_throughput.py [--model_size base] [--batch_size 32] [--device auto|cpu|cuda]
-        [--amp/--no-amp] [--compile] [--channels_last/--no-channels_last] [--workers N] [--steps 20] [--ddp] [--json PATH]
+        [--precision auto|fp16|bf16|fp32] [--shape_buckets/--no-shape_buckets] [--compile]
+        [--channels_last/--no-channels_last] [--workers N] [--steps 20] [--ddp] [--json PATH]
 
 Runs the real trainer code in this process (synthetic formulas, generated once and cached) and prints JSON
 and a one-line summary: samples/s and target tokens/s of a training step in the steady state (the timed
@@ -10,7 +11,10 @@ step with a new image shape or a new target length costs), the share of step tim
 waiting on data, the padding share of the image pixels, seconds from process start to the first training
 step (and its parts: data, model build, restore), checkpoint save and pack time, and an estimate of the
 start-up time on the `full` data set (76k train + 8.5k validation images) from the measured per-image
-decode+preprocess time. ``--ddp`` runs the same measurement in 1 and in 2 processes (torchrun, gloo on CPU,
+decode+preprocess time. Also: the precision the trainer chose and why, the distinct (width, target length)
+shapes of an epoch and of the timed steps, pixel and target (PAD) padding shares, FLOPs per training sample
+(counted over the timed batches' shapes: bench/flops.py), the TFLOP/s that achieves and its share of the card's
+peak for that precision, and validation seconds per 1,000 samples. ``--ddp`` runs the same measurement in 1 and in 2 processes (torchrun, gloo on CPU,
 nccl on CUDA) and reports the scaling factor of global samples/s.
 """
 
@@ -41,8 +45,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model_size", default="base", choices=("tiny", "small", "base"))
     p.add_argument("--batch_size", type=int, default=32, help="per process (32 = a T4 session's default)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="fp16 autocast on CUDA")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp16", "bf16", "fp32"),
+                   help="the trainer's --precision (auto: per device, trainer/precision.py)")
+    p.add_argument("--shape_buckets", action=argparse.BooleanOptionalAction, default=True,
+                   help="the trainer's shape buckets (--no-shape_buckets: each batch its own shape, the old way)")
+    p.add_argument("--flops", action=argparse.BooleanOptionalAction, default=True,
+                   help="count FLOPs per training sample (one small forward+backward per distinct timed shape)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (compile time reported)")
+    p.add_argument("--compile_mode", default="default", choices=("default", "reduce-overhead", "max-autotune"),
+                   help="torch.compile mode (reduce-overhead: CUDA graphs)")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels_last memory format for the CNN (the trainer's default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
@@ -53,8 +64,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--val_samples", type=int, default=128,
                    help="synthetic validation images (one validation pass is timed; ranks share its batches)")
     p.add_argument("--cache_dir", default=None, help="synthetic-set cache (default: $KR_CACHE_DIR or a temp dir)")
-    p.add_argument("--cudnn_benchmark", action="store_true",
-                   help="let cuDNN time its convolution algorithms per input shape (torch.backends.cudnn.benchmark)")
+    p.add_argument("--cudnn_benchmark", default="auto", choices=("auto", "on", "off"),
+                   help="cuDNN autotuning per convolution shape; auto: the trainer's choice (on with shape buckets)")
     p.add_argument("--profile", type=int, default=0, metavar="STEPS",
                    help="after timing, profile this many steps and report the kernels that take the most time")
     p.add_argument("--ddp", action="store_true", help="also run 2 processes via torchrun; report the scaling")
@@ -74,10 +85,14 @@ def train_config(a: argparse.Namespace, out_dir: Path) -> Any:
                       batch_size=a.batch_size, num_workers=a.workers, device=a.device, threads=a.threads,
                       log_every=10**9, save_every_minutes=10**6)
     # Options the trainer may not have had when a BEFORE figure was taken: set only when asked for.
-    for name, value in (("amp", a.amp), ("compile", a.compile), ("channels_last", a.channels_last)):
+    options = (("precision", a.precision), ("shape_buckets", a.shape_buckets), ("compile", a.compile),
+               ("channels_last", a.channels_last), ("compile_mode", a.compile_mode))
+    for name, value in options:
         if hasattr(cfg, name):
             setattr(cfg, name, value)
-        elif value and name not in ("amp", "channels_last"):
+        elif name == "precision" and hasattr(cfg, "amp"):  # a trainer from before --precision
+            cfg.amp = value != "fp32"
+        elif value and name not in ("channels_last", "shape_buckets", "precision", "compile_mode"):
             raise SystemExit(f"error: this trainer has no {name} option")
     return cfg
 
@@ -201,7 +216,8 @@ class StepTimer:
         self.trainer._train_step(batch)
         synchronize(self.trainer)
         return {"wait": got - began, "busy": time.time() - got, "samples": len(batch),
-                "tokens": int((batch.tgt_out != Vocab.PAD).sum()), "novelty": novelty, "got": got}
+                "tokens": int((batch.tgt_out != Vocab.PAD).sum()), "novelty": novelty, "got": got,
+                "width": int(batch.images.shape[-1]), "length": int(batch.tgt_in.shape[1])}
 
 
 def epoch_plan(trainer: Any, first_epoch: int, steps: int) -> list[tuple[int, int]]:
@@ -236,10 +252,12 @@ def measure_steps(trainer: Any, warmup: int, steps: int) -> dict[str, Any]:
     warm = timer.run(plan)
     first = (warm_up or cold)[0]
     result: dict[str, Any] = rates(warm, world)
+    result["distinct_shapes_met"] = len(timer.seen_shapes)  # warm-up, first pass and replay
     result |= {f"cold_{k}": v for k, v in rates(cold, world).items()}
     result |= {"first_step_after_start_s": first["got"] - PROCESS_START,
                "warmup_steps_s": sum(s["wait"] + s["busy"] for s in warm_up)}
     result |= new_shape_costs(cold, warm)
+    result["steps"] = warm  # for the FLOPs; popped before printing
     return result
 
 
@@ -255,12 +273,43 @@ def new_shape_costs(cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> d
     return out
 
 
-def distinct_batch_widths(trainer: Any, epoch: int = 0) -> int:
-    """Distinct padded image widths among one epoch's batches: the image shapes a session meets."""
-    import numpy as np
+def epoch_shape_figures(trainer: Any, epoch: int = 0) -> dict[str, Any]:
+    """Distinct (width, target length) shapes of one epoch's collated batches, and their padding shares."""
+    from trainer.buckets import epoch_shapes, target_lengths
 
-    widths = np.asarray(trainer.train_split.widths)
-    return len({int(widths[batch].max()) for batch in trainer.sampler.epoch_batches(epoch)})
+    shapes = epoch_shapes(trainer.sampler.epoch_batches(epoch), trainer.train_split.widths,
+                          target_lengths(trainer.train_split.targets), getattr(trainer, "buckets", None))
+    return {"padding_share": shapes.pixel_padding, "token_padding_share": shapes.token_padding,
+            "epoch_distinct_shapes": shapes.distinct_shapes, "distinct_batch_widths": shapes.distinct_widths,
+            "epoch_distinct_lengths": shapes.distinct_lengths}
+
+
+def measure_flops(trainer: Any, steps: list[dict[str, Any]], cache: str | None = None) -> dict[str, Any]:
+    """FLOPs per training sample over ``steps`` (their padded widths and target positions), from the counted
+    and fitted FLOPs of this model (bench/flops.py)."""
+    from bench.flops import FlopModel
+
+    flops = FlopModel.fit(trainer.model.cfg, trainer.spec.height, cache)
+    total = sum(flops.per_sample(s["width"], s["length"]) * s["samples"] for s in steps)
+    return {"flops_per_sample": total / sum(s["samples"] for s in steps), "flops_fit_error": flops.fit_error}
+
+
+def achieved(result: dict[str, Any], trainer: Any) -> dict[str, Any]:
+    """TFLOP/s reached in the steady state and its share of the card's peak for the precision used."""
+    import torch
+
+    from bench.flops import peak_tflops
+
+    if not result.get("flops_per_sample"):
+        return {}
+    name = torch.cuda.get_device_name(trainer.runtime.device) if trainer.runtime.is_cuda else "cpu"
+    precision = getattr(trainer, "precision", None)
+    precision_name = precision.name if precision is not None else ("fp16" if trainer.runtime.is_cuda else "fp32")
+    peak = peak_tflops(name, precision_name, bool(precision is not None and precision.tf32))
+    tflops = result["flops_per_sample"] * result["samples_per_s"] / 1e12
+    return {"device_name": name, "achieved_tflops": tflops, "peak_tflops": peak,
+            "share_of_peak": tflops / peak if peak else None,
+            "cold_achieved_tflops": result["flops_per_sample"] * result["cold_samples_per_s"] / 1e12}
 
 
 def profile_steps(trainer: Any, steps: int, top: int = 8) -> dict[str, list[dict[str, Any]]]:
@@ -356,8 +405,11 @@ def estimate_full_start(result: dict[str, Any]) -> float:
 def new_shapes_session_s(result: dict[str, Any], trainer: Any) -> float:
     """Upper bound of what meeting shapes for the first time costs a whole session: every possible padded
     width once and every target length once, at the extra time measured per new shape."""
-    widths = trainer.spec.max_width // trainer.spec.width_multiple
-    lengths = trainer.cfg.max_target_len + 1
+    buckets = getattr(trainer, "buckets", None)
+    if buckets is not None:
+        widths, lengths = len(buckets.widths), len(buckets.lengths() or ())
+    else:
+        widths, lengths = trainer.spec.max_width // trainer.spec.width_multiple, trainer.cfg.max_target_len + 1
     per_width = max(result.get("extra_ms_new_image_shape") or 0.0, 0.0)
     per_length = max(result.get("extra_ms_new_target_length") or 0.0, 0.0)
     return (widths * per_width + lengths * per_length) / 1000
@@ -369,22 +421,29 @@ def run_single(a: argparse.Namespace) -> dict[str, Any]:
     imports_s = time.time() - PROCESS_START
     out_dir = Path(tempfile.mkdtemp(prefix="kr-throughput-"))
     cfg = train_config(a, out_dir)
-    result: dict[str, Any] = {"model_size": a.model_size, "batch_size": a.batch_size, "amp": a.amp,
-                              "compile": a.compile, "channels_last": a.channels_last, "workers": a.workers,
+    result: dict[str, Any] = {"model_size": a.model_size, "batch_size": a.batch_size, "shape_buckets": a.shape_buckets,
+                              "compile": a.compile, "compile_mode": a.compile_mode, "channels_last": a.channels_last, "workers": a.workers,
                               "threads": torch.get_num_threads(), "imports_s": imports_s}
-    torch.backends.cudnn.benchmark = a.cudnn_benchmark
-    result["cudnn_benchmark"] = a.cudnn_benchmark
     trainer, parts = build_trainer(cfg)
+    if a.cudnn_benchmark != "auto":  # over the trainer's own choice (made in setup)
+        torch.backends.cudnn.benchmark = a.cudnn_benchmark == "on"
+    result["cudnn_benchmark"] = bool(torch.backends.cudnn.benchmark) and trainer.runtime.is_cuda
+    precision = getattr(trainer, "precision", None)
+    result |= {"precision": precision.name if precision else ("fp16" if a.precision != "fp32" else "fp32"),
+               "precision_reason": precision.reason if precision else None,
+               "tf32": bool(precision and precision.tf32)}
     result |= parts
     result |= {"device": str(trainer.runtime.device), "world_size": trainer.runtime.world_size,
                "parameters": sum(p.numel() for p in trainer.model.parameters())}
-    from trainer.data import padding_share
-
-    result["padding_share"] = padding_share(trainer.sampler, trainer.train_split.widths, 0)
-    result["distinct_batch_widths"] = distinct_batch_widths(trainer)
+    result |= epoch_shape_figures(trainer)
     result |= measure_steps(trainer, a.warmup, a.steps)
     result["new_shapes_session_s"] = new_shapes_session_s(result, trainer)
     result["validation_s"] = measure_validation(trainer)
+    result["validation_s_per_1000"] = 1000 * result["validation_s"] / max(len(trainer.val_split), 1)
+    steps = result.pop("steps")
+    if a.flops:
+        result |= measure_flops(trainer, steps, cache_dir(a))
+        result |= achieved(result, trainer)
     if a.profile:
         result["top_kernels"] = profile_steps(trainer, a.profile)
     result |= measure_save(trainer)
@@ -425,9 +484,16 @@ def summary(r: dict[str, Any]) -> str:
     new_shape = r.get("extra_ms_new_image_shape")
     cold = (f" (first pass {r['cold_samples_per_s']:.1f}: {r['steps_new_image_shape']} new image shapes"
             + (f", +{new_shape:.0f} ms each" if new_shape is not None else "") + ")")
-    return (f"{r['model_size']} b{r['batch_size']} {r['device']}: {r['samples_per_s']:.1f} samples/s{cold} "
-            f"{r['tokens_per_s']:.0f} tok/s, step {r['step_ms']:.0f} ms, data wait {100 * r['data_wait_share']:.1f}%, "
-            f"padding {100 * r['padding_share']:.1f}%, validation {r['validation_s']:.1f}s, first step {r['first_step_after_start_s']:.1f}s, "
+    flops = (f", {r['flops_per_sample'] / 1e9:.2f} GFLOP/sample, {r['achieved_tflops']:.2f} TFLOP/s"
+             + (f" = {100 * r['share_of_peak']:.1f}% of peak" if r.get("share_of_peak") else "")
+             if r.get("flops_per_sample") else "")
+    buckets = "buckets" if r.get("shape_buckets", True) else "no buckets"
+    return (f"{r['model_size']} b{r['batch_size']} {r['device']} {r.get('precision', '?')} {buckets}: "
+            f"{r['samples_per_s']:.1f} samples/s{cold} "
+            f"{r['tokens_per_s']:.0f} tok/s, step {r['step_ms']:.0f} ms{flops}, shapes met {r['distinct_shapes_met']} "
+            f"(epoch {r['epoch_distinct_shapes']}), data wait {100 * r['data_wait_share']:.1f}%, "
+            f"padding {100 * r['padding_share']:.1f}% px / {100 * r['token_padding_share']:.1f}% tokens, "
+            f"validation {r['validation_s_per_1000']:.1f}s/1000, first step {r['first_step_after_start_s']:.1f}s, "
             f"save {r['save_s']:.2f}s (pack {r['pack_s']:.2f}s), full-set start ~{r['full_start_estimate_s']:.0f}s{kernels}")
 
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kr_contract.atomic import atomic_write_json, read_json
+from kr_contract.processes import pid_alive
 
 QUEUED, RUNNING, COMPLETE, ERROR = "queued", "running", "complete", "error"
 TERMINAL_STATES = frozenset({COMPLETE, ERROR})
@@ -246,21 +247,6 @@ def _launched_pid(root: Path) -> int | None:
         return int((Path(root) / "supervisor.pid").read_text().strip())
     except (FileNotFoundError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """True if ``pid`` runs and is not a zombie (a zombie's status will never change again)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 # ------------------------------------------------------------------------------------------------- kill

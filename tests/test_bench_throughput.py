@@ -57,3 +57,54 @@ def test_session_bound_counts_every_width_and_every_target_length_once(bench) ->
                               cfg=SimpleNamespace(max_target_len=199))
     result = {"extra_ms_new_image_shape": 300.0, "extra_ms_new_target_length": -5.0}
     assert bench.new_shapes_session_s(result, trainer) == pytest.approx(64 * 0.3)
+
+
+def test_session_bound_with_shape_buckets_counts_each_bucket_once(bench) -> None:
+    from trainer.buckets import ShapeBuckets
+
+    buckets = ShapeBuckets.for_training(1024, 16, 200)
+    trainer = SimpleNamespace(spec=SimpleNamespace(max_width=1024, width_multiple=16),
+                              cfg=SimpleNamespace(max_target_len=200), buckets=buckets)
+    result = {"extra_ms_new_image_shape": 100.0, "extra_ms_new_target_length": 10.0}
+    assert bench.new_shapes_session_s(result, trainer) == pytest.approx((21 * 0.1) + 13 * 0.01)
+
+
+def test_peaks_are_per_card_and_precision() -> None:
+    from bench.flops import peak_tflops
+
+    assert peak_tflops("Tesla T4", "fp16") == 65.0 and peak_tflops("Tesla T4", "fp32") == 8.1
+    assert peak_tflops("Tesla T4", "bf16") is None  # no bf16 on a T4
+    assert peak_tflops("NVIDIA H200", "bf16") == 989.0
+    assert peak_tflops("NVIDIA H200", "fp32", tf32=True) == 495.0 and peak_tflops("NVIDIA H200", "fp32") == 67.0
+    assert peak_tflops("NVIDIA A100-SXM4-80GB", "fp32", tf32=True) == 156.0
+    assert peak_tflops("cpu", "fp32") is None and peak_tflops("Some New GPU", "fp16") is None
+
+
+def test_the_fitted_flops_equal_a_direct_count_at_other_shapes(tmp_path: Path) -> None:
+    import torch
+
+    from bench.flops import FlopModel, t4_estimate, training_flops
+    from trainer.model import ImageToLatex, model_config_for
+
+    cfg = model_config_for("tiny", 30, 64)
+    fitted = FlopModel.fit(cfg, 32, tmp_path)
+    assert fitted.fit_error < 1e-9 and FlopModel.fit(cfg, 32, tmp_path) == fitted  # the second from the cache
+    assert len(list(tmp_path.glob("flops-*.json"))) == 1
+    model = ImageToLatex(cfg)
+    tokens = torch.randint(4, 30, (3, 21))
+    # The math attention backend: the flop counter has no formula for CPU's fused attention kernel.
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        direct = training_flops(model, torch.rand(3, 1, 32, 208), tokens, tokens, torch.full((3,), 208))
+    assert fitted.per_sample(208, 21) == pytest.approx(direct / 3, rel=1e-9)
+    assert t4_estimate(1e9, (0.5,)) == {"t4_fp16_samples_per_s_at_50pct": pytest.approx(32_500.0),
+                                        "t4_utilisation_for_100_samples_per_s": pytest.approx(100 / 65_000)}
+
+
+def test_flops_per_sample_weights_each_step_by_its_samples(bench, monkeypatch) -> None:
+    from bench import flops
+
+    monkeypatch.setattr(flops.FlopModel, "fit", classmethod(lambda cls, cfg, height, cache=None: cls((1.0, 0.0, 0.0, 0.0, 0.0), 0.0)))
+    trainer = SimpleNamespace(model=SimpleNamespace(cfg=None), spec=SimpleNamespace(height=64))
+    steps = [step(0.1, "seen", samples=32) | {"width": 100, "length": 16},
+             step(0.1, "seen", samples=16) | {"width": 400, "length": 16}]
+    assert bench.measure_flops(trainer, steps)["flops_per_sample"] == pytest.approx((32 * 100 + 16 * 400) / 48)

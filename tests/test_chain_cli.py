@@ -15,8 +15,8 @@ from kaggle_runner.backends.local import LocalBackend
 from kaggle_runner.config import config_from_mapping
 from kaggle_runner.home import kr_home
 from tests.cli_support import kr
-from tests.script_support import script_settings
 from tests.emulator_plugin import TestEmulator
+from tests.script_support import script_settings
 
 SLUG = "kr-snapshot"
 KERNEL = f"testuser/{SLUG}"

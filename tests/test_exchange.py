@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from kr_contract.processes import pid_alive
 from tests.test_data import SPEC, formula_png
 from trainer.data import DataError, prepare_split
-from trainer.exchange import ExchangeError, SplitExchange, process_alive
+from trainer.exchange import ExchangeError, SplitExchange
 from trainer.packed import PackedImages, PackedTargets
 from trainer.tokenizer import Vocab
 
@@ -67,7 +68,7 @@ def test_a_waiting_rank_stops_when_rank_0_is_gone(tmp_path: Path) -> None:
     folder.mkdir()
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(gone.stdout)
-    assert not process_alive(pid)
+    assert not pid_alive(pid)
     (folder / "rank0.pid").write_text(str(pid))
     began = time.monotonic()
     with pytest.raises(ExchangeError, match=rf"rank 0 \(pid {pid}\) ended before it shared the train split"):

@@ -12,6 +12,8 @@ from typing import NoReturn
 
 from kr_contract.names import DATA_NAMES, MODEL_SIZES  # stdlib only: parsing still needs no torch
 
+PRECISIONS = ("auto", "fp16", "bf16", "fp32")  # trainer/precision.py's, without importing torch here
+
 BEST_METRICS = ("exact_match", "bleu4", "edit_score")
 # Learning rates that train each size well with AdamW (smaller models tolerate larger steps).
 DEFAULT_LR = {"tiny": 2e-3, "small": 6e-4, "base": 3e-4}
@@ -62,9 +64,11 @@ class TrainConfig:
     val_max_samples: int = 0
     device: str = "auto"
     threads: int = 0
-    amp: bool = True
+    precision: str = "auto"  # trainer/precision.py explains what auto picks per device
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; reduce-overhead adds CUDA graphs
     channels_last: bool = True  # +11 % fp16 on an H200, +12-20 % on CPU (bench/README.md)
+    shape_buckets: bool = True  # training batches padded to a few shapes (trainer/buckets.py)
     # The settings given on the command line (not defaulted): on resume these win over the checkpoint's.
     explicit: tuple[str, ...] = ()
 
@@ -200,10 +204,20 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for torch (0: torch's default); 1 is much faster on a busy CPU")
     g.add_argument("--num_workers", type=_non_negative_int, default=2,
                    help="DataLoader worker processes (results do not depend on it)")
-    g.add_argument("--no_amp", dest="amp", action="store_false",
-                   help="train in fp32 on CUDA (default: fp16 autocast with a gradient scaler; CPU is always fp32)")
+    g.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="training precision; auto: fp16 + gradient scaler on cards without bf16 (T4, P100), bf16 "
+                        "on Ampere and newer (TF32 allowed there), fp32 on CPU (trainer/precision.py)")
+    g.add_argument("--no_amp", dest="precision", action="store_const", const="fp32",
+                   help="the old name of --precision fp32")
+    g.add_argument("--shape_buckets", dest="shape_buckets", action="store_true", default=True,
+                   help="pad training batches to a few fixed widths and target lengths (a multiple of 16), so a "
+                        "session meets few shapes and cuDNN autotuning pays: the default")
+    g.add_argument("--no_shape_buckets", dest="shape_buckets", action="store_false",
+                   help="pad each training batch only to its widest image and longest target instead")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the training model (pays off in long sessions; see bench/README.md)")
+    g.add_argument("--compile_mode", choices=("default", "reduce-overhead", "max-autotune"), default="default",
+                   help="torch.compile mode with --compile; reduce-overhead replays CUDA graphs (one per batch shape)")
     g.add_argument("--channels_last", dest="channels_last", action="store_true", default=True,
                    help="channels_last (NHWC) memory layout for the CNN: the default, faster on GPU and CPU")
     g.add_argument("--no_channels_last", dest="channels_last", action="store_false",

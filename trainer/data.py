@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainer.buckets import ShapeBuckets
 from trainer.images import ImageSpec, preprocess_batch, worker_context
 from trainer.packed import PackedImages, PackedTargets
 from trainer.sources import (  # noqa: F401 - the loading half, under the names its callers know
@@ -185,11 +186,14 @@ class Batch:
         return int(self.images.shape[0])
 
 
-def collate(items: Sequence[tuple[Tensor, Sequence[int]]]) -> Batch:
-    """Pad images to the batch's widest (background 0) and targets to the longest (PAD)."""
+def collate(items: Sequence[tuple[Tensor, Sequence[int]]], buckets: ShapeBuckets | None = None) -> Batch:
+    """Pad images to the batch's widest (background 0) and targets to the longest (PAD); with ``buckets``,
+    further to the widest's width bucket and the longest's rounded length (trainer/buckets.py)."""
     height = max(int(image.shape[-2]) for image, _ in items)
     width = max(int(image.shape[-1]) for image, _ in items)
     length = max(len(ids) for _, ids in items) + 1
+    if buckets is not None:
+        width, length = buckets.pad_width(width), buckets.pad_length(length)
     images = torch.zeros(len(items), 1, height, width, dtype=torch.uint8)
     tgt_in = torch.full((len(items), length), Vocab.PAD, dtype=torch.long)
     tgt_out = torch.full((len(items), length), Vocab.PAD, dtype=torch.long)
@@ -216,6 +220,10 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
     complete are dropped so every rank gets the same number of batches (a different few samples each
     epoch). Not shuffled (evaluation): sorted by width, and the last group is completed by wrapping
     around so that every sample is seen (a few twice when world_size > 1).
+
+    ``order_keys`` (shuffled only): what pools are sorted by instead of the widths. With shape buckets the
+    trainer passes (width bucket, target length) (trainer/buckets.py ``order_keys``): batches padded to one
+    bucket cost the same pixels whatever their widths inside it, so sorting by length there cuts PAD positions.
     """
 
     def __init__(
@@ -227,6 +235,7 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         shuffle: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        order_keys: Sequence[int] | np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -235,6 +244,9 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         self.widths = np.asarray(widths, dtype=np.int64)
         if self.widths.size == 0:
             raise DataError("cannot batch an empty split")
+        self.keys = self.widths if order_keys is None else np.asarray(order_keys, dtype=np.int64)
+        if self.keys.shape != self.widths.shape:
+            raise ValueError(f"{self.keys.size} order keys for {self.widths.size} samples")
         self.batch_size = batch_size
         self.seed = seed
         self.shuffle = shuffle
@@ -267,7 +279,7 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         )
         batches: list[list[int]] = []
         for pool in np.split(permuted, bounds):
-            batches.extend(self._cut(pool[np.argsort(self.widths[pool], kind="stable")]))
+            batches.extend(self._cut(pool[np.argsort(self.keys[pool], kind="stable")]))
         groups = [batches[i : i + self.world_size] for i in range(0, len(batches), self.world_size)]
         if len(groups) > 1 and len(groups[-1]) < self.world_size:
             # Every rank must get the same number of batches: the incomplete group sits out (a different
@@ -302,12 +314,17 @@ class WidthBucketSampler(torch.utils.data.Sampler[list[int]]):
         return len(self.epoch_batches(self.epoch))
 
 
-def padding_share(sampler: WidthBucketSampler, widths: Sequence[int] | np.ndarray, epoch: int) -> float:
-    """Share of the pixels of an epoch's batches that are batch padding (heights are fixed, so widths)."""
+def padding_share(sampler: WidthBucketSampler, widths: Sequence[int] | np.ndarray, epoch: int,
+                  buckets: ShapeBuckets | None = None) -> float:
+    """Share of the pixels of an epoch's batches that are batch padding (heights are fixed, so widths), with
+    each batch padded to its widest image or, with ``buckets``, to that width's bucket."""
     widths = np.asarray(widths, dtype=np.int64)
     padded = total = 0
     for batch in sampler.epoch_batches(epoch):
         batch_widths = widths[batch]
-        total += int(batch_widths.max()) * len(batch)
-        padded += int(batch_widths.max()) * len(batch) - int(batch_widths.sum())
+        width = int(batch_widths.max())
+        if buckets is not None:
+            width = buckets.pad_width(width)
+        total += width * len(batch)
+        padded += width * len(batch) - int(batch_widths.sum())
     return padded / total if total else 0.0

@@ -73,7 +73,7 @@ def _setup_and_train(cfg: TrainConfig, runtime: Runtime, start: float, log: logg
         advice = ("nothing was saved after the last checkpoint; resume from it" if saved else
                   "no checkpoint was saved yet; start again")
         message = (f"diverged at step {trainer.progress.global_step}: {exc}; {advice} with a lower --lr"
-                   + (" or --no_amp" if trainer.use_amp else ""))
+                   + (" or --precision fp32" if trainer.precision.dtype is not None else ""))
         log.error(message)
         trainer._finish(STOP_DIVERGED, message)  # trainer_result.json tells the kernel (and kr chain) why
         return EXIT_CRASH

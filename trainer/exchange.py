@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from kr_contract.atomic import atomic_write_json, atomic_write_text
+from kr_contract.processes import pid_alive
 from trainer.data import DataError, PreparedSplit
 from trainer.packed import PackedImages, PackedTargets
 from trainer.sockets import original_tempdir
@@ -127,7 +128,7 @@ class SplitExchange:
             report = json.loads(error.read_text(encoding="utf-8"))
             message = f"rank 0 could not prepare the {name} split: {report['message']}"
             raise DataError(message) if report.get("input") else ExchangeError(message)
-        if not process_alive(pid):
+        if not pid_alive(pid):
             raise ExchangeError(f"rank 0 (pid {pid}) ended before it shared the {name} split")
 
     def _load(self, name: str) -> tuple[PreparedSplit, list[str] | None]:
@@ -141,18 +142,3 @@ class SplitExchange:
 
 def _height(split: PreparedSplit) -> int:
     return int(split.images[0].shape[0]) if len(split) else 1
-
-
-def process_alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped by torchrun, counts as ended)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc (macOS): the signal check is all there is
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

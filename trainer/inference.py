@@ -15,6 +15,7 @@ from trainer.checkpoint import CheckpointError, Resumed, load_candidate
 from trainer.data import OcrDataset, PreparedSplit, WidthBucketSampler, collate
 from trainer.images import ImageSpec
 from trainer.model import ImageToLatex, ModelConfig
+from trainer.precision import Precision, choose_precision
 from trainer.tokenizer import Vocab
 
 
@@ -50,14 +51,16 @@ def decode_split(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_
 
 def decode_part(model: ImageToLatex, split: PreparedSplit, vocab: Vocab, batch_size: int, device: torch.device,
                 should_continue: Callable[[], bool] = lambda: True, rank: int = 0, world_size: int = 1,
-                beam: int = 1) -> DecodePart:
+                precision: Precision | None = None, beam: int = 1) -> DecodePart:
     """Decodes every ``world_size``-th batch starting at ``rank``. The batches are the same whatever the
-    world size (so are their results), and width-sorted, so round-robin gives each rank a similar load."""
+    world size (so are their results), and width-sorted, so round-robin gives each rank a similar load.
+    ``precision``: the training run's; by default what ``--precision auto`` picks for ``device``. ``beam``: 1 is
+    greedy, more is beam search (trainer/beam.py)."""
     model.eval()
     dataset = OcrDataset(split)
     part = DecodePart({}, {}, complete=True)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda")
-    with torch.no_grad(), autocast:
+    precision = precision or choose_precision("auto", device)
+    with torch.no_grad(), precision.autocast(device.type):
         for number, indices in enumerate(eval_batches(split, batch_size)):
             if number % world_size != rank:
                 continue

@@ -9,6 +9,7 @@ same numbers as one that never stopped.
 
 from __future__ import annotations
 
+import functools
 import math
 import signal
 import time
@@ -29,6 +30,7 @@ from kr_contract.runjson import write_trainer_result
 from trainer import checkpoint as ckpt
 from trainer import distributed, splits, watch
 from trainer.augment import training_items
+from trainer.buckets import ShapeBuckets, describe_buckets, order_keys
 from trainer.budget import StopClock, read_env_deadline
 from trainer.config import TrainConfig
 from trainer.data import (
@@ -54,6 +56,7 @@ from trainer.optim import (
     lr_at,
     new_schedule,
 )
+from trainer.precision import choose_precision, configure_backends
 from trainer.resume import load_weights, own_rng, plan_resume, position_for_world_size
 from trainer.runtime import Runtime
 from trainer.saving import SaveTarget, log_saved, save_state
@@ -98,13 +101,15 @@ class Trainer:
         plan = plan_resume(self.cfg, self.out_dir, is_main=self.runtime.is_main_process)
         self.resumed, self.spec, self.overridden = plan.resumed, plan.spec, plan.overridden
         state = plan.state
+        self._choose_shapes_and_precision()
         seed_everything(self.cfg.seed)
         self.data_cfg = splits.data_config(self.cfg)
         self.tag = ckpt.source_tag(self.data_cfg.use_huggingface)
         self.vocab, self.train_split = self._load_train(state)
         self.val_split = self._load_validation()
+        keys = order_keys(self.buckets, self.train_split.widths, self.train_split.targets)
         self.sampler = WidthBucketSampler(self.train_split.widths, self.cfg.batch_size, self.cfg.seed,
-                                          rank=self.runtime.rank, world_size=self.runtime.world_size)
+                                          rank=self.runtime.rank, world_size=self.runtime.world_size, order_keys=keys)
         self.steps_per_epoch = len(self.sampler)
         self._build_model(state)
         seed_rank(self.cfg.seed, self.runtime.rank)
@@ -116,6 +121,13 @@ class Trainer:
         if self.exchange is not None:  # every rank has mapped the shared splits: their files can go
             distributed.barrier(self.runtime)
             self.exchange.remove()
+
+    def _choose_shapes_and_precision(self) -> None:
+        """Few training batch shapes (or not), this device's precision, and the backend settings they imply."""
+        self.buckets = (ShapeBuckets.for_training(self.spec.max_width, self.spec.width_multiple, self.cfg.max_target_len)
+                        if self.cfg.shape_buckets else None)
+        self.precision = choose_precision(self.cfg.precision, self.runtime.device)
+        self.backend_note = configure_backends(self.precision, self.runtime.device, self.buckets is not None)
 
     def _prime_clock(self) -> None:
         """Guesses that stand until validation and saving have been timed once in this run."""
@@ -148,16 +160,11 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)  # only the CNN's 4-D weights change layout
         self.optimizer = build_optimizer(self.model, self.cfg.resolved_lr, self.cfg.weight_decay,
                                          fused=self.runtime.is_cuda)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler(self.runtime.device.type, enabled=self.precision.uses_scaler)
         self.skipped = SkippedSteps()
         self.schedule = state["schedule"] if state else self._new_schedule()
         if "lr" in self.overridden:  # the same warm-up and horizon, from the new peak
             self.schedule = {**self.schedule, "base_lr": self.cfg.resolved_lr}
-
-    @property
-    def use_amp(self) -> bool:
-        """fp16 autocast + GradScaler: on CUDA only (a CPU has no fast fp16)."""
-        return self.runtime.is_cuda and self.cfg.amp
 
     def _wrap_for_training(self) -> None:
         """The module the training step calls: DDP around the model when several processes train, compiled
@@ -168,7 +175,7 @@ class Trainer:
             device_ids = [self.runtime.local_rank] if self.runtime.is_cuda else None
             module = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
         # Widths and target lengths change from batch to batch: dynamic shapes compile once, not per shape.
-        self.train_model = torch.compile(module, dynamic=True) if self.cfg.compile else module
+        self.train_model = torch.compile(module, dynamic=True, mode=self.cfg.compile_mode) if self.cfg.compile else module
 
     def _new_schedule(self) -> dict[str, float]:
         total = self.cfg.schedule_steps or self.cfg.schedule_epochs * self.steps_per_epoch
@@ -200,9 +207,10 @@ class Trainer:
         source = f"resumed from {self.resumed.origin}" if self.resumed else "fresh start"
         self.log.info(f"{source}; device {self.runtime.device} x{self.runtime.world_size}; {count_parameters(self.model):,} parameters; "
                       f"{self.steps_per_epoch} steps per epoch; schedule {self.schedule}")
+        self.log.info("; ".join(filter(None, (self.precision.describe(), self.backend_note, describe_buckets(self.buckets)))))
         log_metrics("start", epoch=p.epoch, step=p.global_step, batch_in_epoch=p.batch_in_epoch,
                     model_size=self.cfg.model_size, batch_size=self.cfg.batch_size,
-                    padding_share=round(padding_share(self.sampler, self.train_split.widths, p.epoch), 4))
+                    padding_share=round(padding_share(self.sampler, self.train_split.widths, p.epoch, self.buckets), 4))
         if self.clock.deadline is not None:
             self.log.info(f"deadline: stopping by {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.clock.deadline))} "
                           f"({self.clock.reason}, margin {self.clock.margin_s:.0f} s)")
@@ -239,7 +247,7 @@ class Trainer:
         seed = rank_seed(self.cfg.seed, self.runtime.rank)
         dataset, sampler = training_items(OcrDataset(self.train_split), self.sampler, self.spec, seed, self.cfg.augment)
         return build_loader(dataset, sampler, workers=self.cfg.num_workers, pin_memory=self.runtime.is_cuda, seed=seed,
-                            timeout_s=watch.loader_timeout_s(), collate_fn=collate)
+                            timeout_s=watch.loader_timeout_s(), collate_fn=functools.partial(collate, buckets=self.buckets))
 
     def _agreed_stop_reason(self, *, after_step: bool) -> str | None:
         """Why to stop, agreed by every rank; after a step, also a periodic save when one is due on any rank."""
@@ -271,7 +279,7 @@ class Trainer:
             group["lr"] = lr
         loss = self._loss(batch, images)
         loss_value = float(loss.item())
-        if not math.isfinite(loss_value) and not self.use_amp:
+        if not math.isfinite(loss_value) and not self.precision.uses_scaler:
             raise TrainingDiverged(f"the training loss became {loss_value}")
         self._optimizer_step(loss)
         self.progress.global_step += 1
@@ -286,7 +294,7 @@ class Trainer:
 
     def _loss(self, batch: Batch, images: torch.Tensor) -> torch.Tensor:
         self.model.train()
-        with torch.autocast(device_type=self.runtime.device.type, dtype=torch.float16, enabled=self.use_amp):
+        with self.precision.autocast(self.runtime.device.type):
             logits = self.train_model(images, batch.tgt_in, batch.widths)
         return F.cross_entropy(logits.flatten(0, 1).float(), batch.tgt_out.flatten(), ignore_index=Vocab.PAD,
                                label_smoothing=self.cfg.label_smoothing)
@@ -298,14 +306,14 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         try:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip,
-                                           error_if_nonfinite=not self.use_amp)
+                                           error_if_nonfinite=not self.precision.uses_scaler)
         except RuntimeError as exc:
             raise TrainingDiverged("the gradient became non-finite") from exc
-        scale_before = self.scaler.get_scale() if self.use_amp else 0.0
+        scale_before = self.scaler.get_scale() if self.precision.uses_scaler else 0.0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.use_amp and self.skipped.record(scale_before, self.scaler.get_scale()):
+        if self.precision.uses_scaler and self.skipped.record(scale_before, self.scaler.get_scale()):
             raise TrainingDiverged(f"the fp16 gradient was not finite for {MAX_SKIPPED_STEPS} steps in a row, "
                                    f"down to loss scale {self.scaler.get_scale():.3g}")
 
@@ -361,7 +369,7 @@ class Trainer:
         # the ones its checkpoint holds.
         distributed.broadcast_buffers_from_main(self.runtime, self.model)
         part = decode_part(self.model, self.val_split, self.vocab, self.cfg.batch_size, self.runtime.device,
-                           should_continue, self.runtime.rank, self.runtime.world_size)
+                           should_continue, self.runtime.rank, self.runtime.world_size, self.precision)
         parts = distributed.gather_to_main(self.runtime, part)
         if not all(p.complete for p in parts):
             self.log.info("validation interrupted; the next run validates this epoch")
@@ -408,7 +416,7 @@ class Trainer:
     def _state(self, rng_by_rank: list[dict[str, Any]]) -> dict[str, Any]:
         return training_state(
             model=self.model, model_config=self.model.cfg.to_dict(), optimizer=self.optimizer,
-            scaler=self.scaler.state_dict() if self.use_amp else {}, schedule=self.schedule,
+            scaler=self.scaler.state_dict() if self.precision.uses_scaler else {}, schedule=self.schedule,
             rng_by_rank=rng_by_rank, progress=self.progress, window=self.window, train_loss=self.last_train_loss,
             best=self.best, last_val=self.last_val, vocab=self.vocab.to_list(), image_spec=asdict(self.spec),
             data_config=asdict(self.data_cfg), train_config=self.cfg.to_dict())
