@@ -69,7 +69,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def rendered_sizes(name: str, formulas: list[str], a: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     """(image widths after preprocessing, token counts capped at max_target_len) of the formulas mathtext can
     draw, cached by name and count."""
-    from trainer.synthetic import render_all
+    from trainer.rendering import render_all
 
     path = a.cache / f"{name}-{len(formulas)}.npz"
     if path.is_file():

@@ -76,7 +76,8 @@ def candidate_formulas(source: Path, shortest: int, longest: int, seed: int) -> 
 def build_split(a: argparse.Namespace) -> Path:
     """The rendered train/validation/test parquet files, cached by every setting that shapes them. The test
     and validation formulas depend only on --max_tokens and --split_seed (not on the training settings)."""
-    from trainer.synthetic import GENERATOR_VERSION, write_parquet
+    from trainer.rendering import GENERATOR_VERSION
+    from trainer.synthetic import write_parquet
 
     source_hash = hashlib.sha256(a.source.read_bytes()).hexdigest()[:8]
     key = (f"v{DATA_VERSION}-g{GENERATOR_VERSION}-{source_hash}-max{a.max_tokens}-train{a.train_max_tokens}"
@@ -128,7 +129,7 @@ def _mkdir(path: Path) -> Path:
 def render(formulas: list[str], seed: int, copy: int, first_index: int = 0) -> list[bytes | None]:
     """Each formula with its own rng (from seed, copy and its index): the same split on every machine. The first
     rendering (it decides the split) in this process; the extra training copies spread over the CPUs."""
-    from trainer.synthetic import render_all, render_formula
+    from trainer.rendering import render_all, render_formula
 
     if copy == 0:
         return [render_formula(f, np.random.default_rng([seed, DATA_VERSION, 0, first_index + i]))

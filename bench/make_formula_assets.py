@@ -21,7 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from trainer.synthetic import FONTSETS, MAX_TOKENS, MIN_TOKENS, mathtext_raster  # noqa: E402
+from trainer.rendering import FONTSETS, mathtext_raster  # noqa: E402
+from trainer.synthetic import MAX_TOKENS, MIN_TOKENS  # noqa: E402
 
 DEFAULT_SOURCE = Path("/work/shared/data/linxy-full-val.formulas.txt")
 DEFAULT_OUT = ROOT / "trainer" / "assets" / "real_formulas.txt"

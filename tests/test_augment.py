@@ -14,7 +14,7 @@ from trainer.data import OcrDataset, WidthBucketSampler, prepare_split
 from trainer.images import ImageSpec
 from trainer.inference import decode_split
 from trainer.model import ImageToLatex, model_config_for
-from trainer.synthetic import render_formula
+from trainer.rendering import render_formula
 from trainer.tokenizer import Vocab
 
 FORMULAS = [r"\frac { a } { b } + c", r"x ^ { 2 } = y _ { i }", r"\sqrt { n + 1 }", r"\sum _ { i = 0 } ^ { n } a _ { i }"]

@@ -178,7 +178,8 @@ def _train_tiny_model(root: Path) -> tuple[Path, list[Path]]:
     import numpy as np
 
     from trainer.__main__ import main as train
-    from trainer.synthetic import render_formula, write_parquet
+    from trainer.rendering import render_formula
+    from trainer.synthetic import write_parquet
 
     rng = np.random.default_rng(0)
     pngs = [render_formula(formula, rng) for formula in KNOWN_FORMULAS]

@@ -15,7 +15,8 @@ from PIL import Image
 
 from trainer import synthetic
 from trainer.data import DataConfig, load_texts_and_images
-from trainer.synthetic import build_synthetic, generate_formulas, render_formula, to_mathtext
+from trainer.rendering import render_formula, to_mathtext
+from trainer.synthetic import build_synthetic, generate_formulas
 
 SIZES = {"train": 40, "validation": 8, "test": 8}
 
