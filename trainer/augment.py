@@ -25,7 +25,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from trainer.data import OcrDataset, WidthBucketSampler
-from trainer.images import ImageSpec
+from trainer.images import ImageSpec, place_on_canvas
 
 SCALE = (0.9, 1.05)
 ROTATE_DEGREES = 1.5
@@ -81,21 +81,11 @@ def _affine(image: Image.Image, rng: np.random.Generator) -> Image.Image:
 
 
 def _fit(content: np.ndarray, spec: ImageSpec) -> np.ndarray:
-    """Into (spec.height, W) as preprocess places an image: shrunk only if too large, centred, left-aligned."""
+    """Into the model's geometry as preprocess places an image (an all-blank result: one empty column)."""
     cropped = _crop(content)
     if cropped is None:
         return np.zeros((spec.height, spec.width_multiple), dtype=np.uint8)
-    h, w = cropped.shape
-    scale = min(1.0, spec.height / h, spec.max_width / w)
-    if scale < 1.0:
-        size = (min(spec.max_width, max(1, round(w * scale))), min(spec.height, max(1, round(h * scale))))
-        cropped = np.asarray(Image.fromarray(cropped).resize(size, Image.Resampling.BOX))
-        h, w = cropped.shape
-    canvas_w = min(spec.max_width, -(-w // spec.width_multiple) * spec.width_multiple)
-    canvas = np.zeros((spec.height, canvas_w), dtype=np.uint8)
-    top = (spec.height - h) // 2
-    canvas[top : top + h, :w] = cropped
-    return canvas
+    return place_on_canvas(cropped, spec)[0]
 
 
 def _photometric(canvas: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -150,8 +150,12 @@ def fit_scale(height: int, width: int, spec: ImageSpec) -> float:
 def preprocess(image: Any, spec: ImageSpec) -> tuple[np.ndarray, bool]:
     """uint8 (spec.height, W) with ink high and background 0, W a multiple of spec.width_multiple and at
     most spec.max_width; the bool says whether the content was shrunk to fit the limits."""
-    pil = load_image(image)
-    content = crop_to_content(ink_map(pil))
+    return place_on_canvas(crop_to_content(ink_map(load_image(image))), spec)
+
+
+def place_on_canvas(content: np.ndarray, spec: ImageSpec) -> tuple[np.ndarray, bool]:
+    """Cropped uint8 content (ink high) on the model's canvas: shrunk only if it does not fit, centred
+    vertically, left-aligned, the width rounded up to spec.width_multiple; the bool says whether it shrank."""
     h, w = content.shape
     scale = fit_scale(h, w, spec)
     shrunk = scale < 1.0
