@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from trainer.buckets import ShapeBuckets
+from trainer.buckets import ShapeBuckets, epoch_shapes
 from trainer.images import ImageSpec, preprocess_batch, worker_context
 from trainer.packed import PackedImages, PackedTargets
 from trainer.sources import (  # noqa: F401 - the loading half, under the names its callers know
@@ -319,12 +319,5 @@ def padding_share(sampler: WidthBucketSampler, widths: Sequence[int] | np.ndarra
     """Share of the pixels of an epoch's batches that are batch padding (heights are fixed, so widths), with
     each batch padded to its widest image or, with ``buckets``, to that width's bucket."""
     widths = np.asarray(widths, dtype=np.int64)
-    padded = total = 0
-    for batch in sampler.epoch_batches(epoch):
-        batch_widths = widths[batch]
-        width = int(batch_widths.max())
-        if buckets is not None:
-            width = buckets.pad_width(width)
-        total += width * len(batch)
-        padded += width * len(batch) - int(batch_widths.sum())
-    return padded / total if total else 0.0
+    no_lengths = np.zeros_like(widths)  # the pixels do not depend on the targets
+    return epoch_shapes(sampler.epoch_batches(epoch), widths, no_lengths, buckets).pixel_padding
