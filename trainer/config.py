@@ -103,7 +103,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
@@ -175,10 +175,10 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data_dir", default=None,
                    help="local parquet files DIR/{train,validation,test}*.parquet with columns image, text")
     g.add_argument("--cache_dir", default=None, help="synthetic-set cache (default $KR_CACHE_DIR or ~/.cache/kaggle-runner)")
-    g.add_argument("--synthetic_train", type=_positive_int, default=4000, help="synthetic training samples")
-    g.add_argument("--synthetic_val", type=_positive_int, default=300, help="synthetic validation samples")
-    g.add_argument("--synthetic_test", type=_positive_int, default=300, help="synthetic test samples")
-    g.add_argument("--max_target_len", type=_positive_int, default=200,
+    g.add_argument("--synthetic_train", type=positive_int, default=4000, help="synthetic training samples")
+    g.add_argument("--synthetic_val", type=positive_int, default=300, help="synthetic validation samples")
+    g.add_argument("--synthetic_test", type=positive_int, default=300, help="synthetic test samples")
+    g.add_argument("--max_target_len", type=positive_int, default=200,
                    help="longest target in tokens; longer texts are cut and counted in the log")
     g.add_argument("--image_height", type=_multiple_of_16, default=64,
                    help="model input height: taller images are shrunk to it, shorter ones padded (a resumed "
@@ -194,8 +194,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", default=None,
                    help="resume from PATH (a .pth.tar file or a checkpoints tarball) or 'latest' (newest valid "
                         "state in OUT_DIR/checkpoints or OUT_DIR's tarballs; starts fresh if there is none)")
-    g.add_argument("--max_epochs", type=_positive_int, default=None, help="train N more epochs in this run")
-    g.add_argument("--max_steps", type=_positive_int, default=None, help="train N more optimizer steps in this run")
+    g.add_argument("--max_epochs", type=positive_int, default=None, help="train N more epochs in this run")
+    g.add_argument("--max_steps", type=positive_int, default=None, help="train N more optimizer steps in this run")
     g.add_argument("--time_budget", type=_positive_float, default=None,
                    help="seconds this run may take, everything saved; the env var KR_DEADLINE (absolute Unix "
                         "time) also applies, the earlier wins")
@@ -229,15 +229,15 @@ def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model_size", choices=MODEL_SIZES, default="base",
                    help="base: sized for a 16 GB T4; small; tiny: CPU tests (a resumed run keeps its checkpoint's size)")
     g.add_argument("--seed", type=int, default=0, help="seed of initialization, data order and dropout")
-    g.add_argument("--batch_size", type=_positive_int, default=32, help="samples per optimizer step")
+    g.add_argument("--batch_size", type=positive_int, default=32, help="samples per optimizer step")
     g.add_argument("--lr", type=_positive_float, default=None,
                    help=f"peak learning rate (default by size: {DEFAULT_LR})")
     g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW weight decay (matrices only)")
     g.add_argument("--warmup_steps", type=_non_negative_int, default=500, help="linear warmup steps")
-    g.add_argument("--schedule_steps", type=_positive_int, default=None,
+    g.add_argument("--schedule_steps", type=positive_int, default=None,
                    help="cosine horizon in steps, fixed at the first run and kept in the checkpoint "
                         "(default: schedule_epochs x steps per epoch)")
-    g.add_argument("--schedule_epochs", type=_positive_int, default=50,
+    g.add_argument("--schedule_epochs", type=positive_int, default=50,
                    help="cosine horizon in epochs when --schedule_steps is not given")
     g.add_argument("--grad_clip", type=_positive_float, default=1.0, help="gradient norm clip")
     g.add_argument("--label_smoothing", type=float, default=0.1, help="cross-entropy label smoothing")
@@ -249,9 +249,9 @@ def _add_optimization_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_shape_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model shape (on top of --model_size; a resumed run keeps its checkpoint's)")
-    g.add_argument("--d_model", type=_positive_int, default=None, help="decoder width (a multiple of the heads)")
-    g.add_argument("--decoder_layers", type=_positive_int, default=None, help="Transformer decoder layers")
-    g.add_argument("--ff_dim", type=_positive_int, default=None, help="decoder MLP width")
+    g.add_argument("--d_model", type=positive_int, default=None, help="decoder width (a multiple of the heads)")
+    g.add_argument("--decoder_layers", type=positive_int, default=None, help="Transformer decoder layers")
+    g.add_argument("--ff_dim", type=positive_int, default=None, help="decoder MLP width")
     g.add_argument("--cnn_channels", type=_channels, default=None, help="CNN stage widths, e.g. 32,64,128,128")
     g.add_argument("--dropout", type=_dropout, default=None, help="dropout in the decoder")
     g.add_argument("--residual_encoder", action="store_true",
@@ -263,11 +263,11 @@ def _add_artifact_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out_dir", default=".", help="where checkpoints/, tarballs, training.log, trainer_result.json go")
     g.add_argument("--save_every_minutes", type=_positive_float, default=8.0,
                    help="refresh checkpoints/last.pth.tar and the tarballs this often (bounds lost work)")
-    g.add_argument("--log_every", type=_positive_int, default=50, help="a train metric line every N steps")
+    g.add_argument("--log_every", type=positive_int, default=50, help="a train metric line every N steps")
     g.add_argument("--best_metric", choices=BEST_METRICS, default="exact_match",
                    help="validation metric that picks BEST_ (ties broken by edit_score)")
-    g.add_argument("--keep_epochs", type=_positive_int, default=5, help="epoch checkpoints kept (newest)")
-    g.add_argument("--keep_tarballs", type=_positive_int, default=3, help="timestamped tarballs kept (newest)")
+    g.add_argument("--keep_epochs", type=positive_int, default=5, help="epoch checkpoints kept (newest)")
+    g.add_argument("--keep_tarballs", type=positive_int, default=3, help="timestamped tarballs kept (newest)")
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:

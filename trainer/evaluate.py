@@ -18,7 +18,7 @@ import torch
 
 from kr_contract.names import DATA_NAMES
 from trainer.checkpoint import CheckpointError
-from trainer.config import OneLineErrorParser
+from trainer.config import OneLineErrorParser, positive_int
 from trainer.data import SPLITS, DataConfig, DataError, load_texts_and_images, prepare_split
 from trainer.inference import LoadedModel, decode_split, load_model
 from trainer.metrics import score_texts
@@ -41,16 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_samples", type=int, default=0, help="score only the first N samples (0: all)")
     p.add_argument("--batch_size", type=int, default=32, help="samples decoded together")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
-    p.add_argument("--beam", type=_beam_width, default=1, help="beam width (1: greedy decoding)")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy decoding)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     return p
-
-
-def _beam_width(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (1 is greedy decoding), got {value}")
-    return value
 
 
 def data_config(args: argparse.Namespace, saved: dict[str, Any]) -> DataConfig:

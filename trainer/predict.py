@@ -16,7 +16,7 @@ import torch
 
 from trainer.beam import decode_batch
 from trainer.checkpoint import CheckpointError
-from trainer.config import OneLineErrorParser
+from trainer.config import OneLineErrorParser, positive_int
 from trainer.data import collate
 from trainer.images import preprocess
 from trainer.inference import LoadedModel, load_model
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a .pth.tar checkpoint (BEST_ or last), a checkpoints tarball or its folder")
     p.add_argument("--batch_size", type=int, default=16, help="images decoded together")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run the model")
-    p.add_argument("--beam", type=int, default=1, help="beam width (1: greedy decoding)")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam width (1: greedy decoding)")
     p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     return p
 
