@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kr_contract.metric_lines import parse_metric_line
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -69,13 +71,13 @@ def _read_progress(log: Path | None, seen: int, cpu: float, run: BudgetRun) -> i
         return seen
     lines = log.read_text(encoding="utf-8", errors="replace").splitlines()
     for line in lines[seen:]:
-        words = line.split()
-        if len(words) > 5 and words[3] == "train":
-            step = next((w.split("=")[1] for w in words if w.startswith("step=")), None)
-            if step is not None:
-                run.steps.append((round(cpu, 1), int(step)))
-        elif len(words) > 4 and words[3] == "val":
-            run.validations.append((round(cpu, 1), " ".join(words[4:])))
+        record = parse_metric_line(line)
+        if record is None:
+            continue
+        if record.kind == "train" and "step" in record.fields:
+            run.steps.append((round(cpu, 1), int(record.fields["step"])))
+        elif record.kind == "val":
+            run.validations.append((round(cpu, 1), line.split(" val ", 1)[1].strip()))
     return len(lines)
 
 
