@@ -108,6 +108,14 @@ def test_the_stack_of_a_worker_names_its_innermost_and_its_own_frames() -> None:
     assert innermost_frames(dump) == ["wait (threading.py:320)", "__getitem__ (my_data.py:17)"]
 
 
+def test_a_stack_dump_read_before_it_reaches_the_loop_thread_names_nothing_until_the_wait_is_over() -> None:
+    """faulthandler writes a worker's socket threads before its loop thread; half a dump is not the answer."""
+    partial = ('Thread 0x00007f (most recent call first):\n'
+               '  File "/usr/lib/python3.11/socket.py", line 294 in accept\n\n')
+    assert innermost_frames(partial) == []
+    assert innermost_frames(partial, any_thread=True) == ["accept (socket.py:294)"]
+
+
 def test_a_worker_hanging_inside_training_ends_the_run_with_one_line_and_the_checkpoint_intact(
         tmp_path: Path, shared_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers; each serves every other batch and hangs on its second: steps 1 and 2 train and save, the

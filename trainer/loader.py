@@ -140,20 +140,25 @@ class WorkerDiagnostics:
             os.kill(pid, signal.SIGUSR1)
         except OSError:
             return None
+        # faulthandler writes the newest thread first (the worker's socket threads), its loop thread last:
+        # a dump read while it is being written may not have reached the loop thread yet, so wait for it.
         deadline = time.monotonic() + STACK_WAIT_S
-        while time.monotonic() < deadline:
-            frames = innermost_frames(stack.read_text(encoding="utf-8", errors="replace"))
+        while True:
+            expired = time.monotonic() >= deadline
+            frames = innermost_frames(stack.read_text(encoding="utf-8", errors="replace"), any_thread=expired)
             if frames:
                 return "in " + " called from ".join(frames)
+            if expired:
+                return None
             time.sleep(0.05)
-        return None
 
 
-def innermost_frames(dump: str) -> list[str]:
+def innermost_frames(dump: str, *, any_thread: bool = False) -> list[str]:
     """From a faulthandler dump, where the worker's loop thread is: its innermost frame, and the innermost
-    one outside Python's and torch's own files when that is another (the user's dataset code)."""
+    one outside Python's and torch's own files when that is another (the user's dataset code). Without the
+    loop thread in the dump, nothing; or, with ``any_thread``, the first thread's."""
     blocks = dump.split("\n\n")
-    loop = next((b for b in blocks if "_worker_loop" in b), blocks[0] if blocks else "")
+    loop = next((b for b in blocks if "_worker_loop" in b), blocks[0] if blocks and any_thread else "")
     frames = [m.groupdict() for m in (_FRAME.match(line) for line in loop.splitlines()) if m]
     if not frames:
         return []
