@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kr_contract.metric_lines import parse_metric_line  # noqa: E402
 
 
 def parse() -> argparse.Namespace:
@@ -56,13 +59,12 @@ def probe_steps_per_second(a: argparse.Namespace, folder: Path) -> float:
 
 
 def _train_lines(log: Path) -> list[tuple[float, int]]:
-    """(time, step) of each train line."""
+    """(time, step) of each train line, read with the metric-line parser kr itself uses."""
     found = []
-    for line in log.read_text().splitlines():
-        words = line.split()
-        if len(words) > 4 and words[3] == "train":
-            stamp = time.mktime(time.strptime(f"{words[0]} {words[1]}", "%Y-%m-%d %H:%M:%S"))
-            found.append((stamp, int(words[5].split("=")[1])))
+    for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+        record = parse_metric_line(line)
+        if record and record.kind == "train" and record.timestamp and "step" in record.fields:
+            found.append((record.timestamp.timestamp(), int(record.fields["step"])))
     return found
 
 
