@@ -44,10 +44,17 @@ class BudgetRun:
 
 def run_with_cpu_budget(cmd: list[str], budget_s: float, *, log: Path | None = None, cwd: Path | None = None,
                         env: dict[str, str] | None = None, poll_s: float = 0.5,
-                        stdout: int | None = subprocess.DEVNULL) -> BudgetRun:
-    """Run ``cmd`` until it exits or has used ``budget_s`` CPU seconds (then SIGTERM, and wait)."""
+                        output: Path | None = None) -> BudgetRun:
+    """Run ``cmd`` until it exits or has used ``budget_s`` CPU seconds (then SIGTERM, and wait); its stdout
+    and stderr go to ``output`` (default: nowhere)."""
     began = time.time()
-    process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=stdout, stderr=subprocess.STDOUT)
+    with open(output or os.devnull, "wb") as sink:
+        process = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        return _watch(process, budget_s, log, poll_s, began)
+
+
+def _watch(process: subprocess.Popen[bytes], budget_s: float, log: Path | None, poll_s: float,
+           began: float) -> BudgetRun:
     run = BudgetRun(returncode=0, cpu_s=0.0, wall_s=0.0, stopped_by_budget=False)
     seen_lines = 0
     while process.poll() is None:

@@ -153,7 +153,12 @@ def train(a: argparse.Namespace, data: Path, out: Path, schedule: int, extra: li
           max_steps: int | None = None) -> BudgetRun:
     cmd = [sys.executable, "-m", "trainer", *trainer_args(a, data, out, schedule, extra)]
     cmd += ["--max_steps", str(max_steps)] if max_steps else []
-    return run_with_cpu_budget(cmd, budget_s, log=out / "training.log", cwd=REPO)
+    out.mkdir(parents=True, exist_ok=True)
+    run = run_with_cpu_budget(cmd, budget_s, log=out / "training.log", cwd=REPO, output=out / "trainer.out")
+    if run.returncode != 0 and not run.stopped_by_budget:
+        tail = (out / "trainer.out").read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+        raise SystemExit(f"the trainer failed (exit {run.returncode}, {out / 'trainer.out'}):\n" + "\n".join(tail))
+    return run
 
 
 def evaluate(checkpoint: Path, data: Path, beam: int, threads: int) -> dict[str, object]:
