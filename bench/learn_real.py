@@ -187,6 +187,9 @@ def main() -> int:
     data = build_split(a)
     sizes = json.loads((data / "meta.json").read_text())
     folder = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="kr-learn-real-"))
+    if folder.is_dir() and any(folder.iterdir()):
+        # An old probe's log would be read as this probe's step rate, an old run's checkpoints as this run's.
+        sys.exit(f"error: {folder} is not empty: pass a new --out (or remove that folder)")
     folder.mkdir(parents=True, exist_ok=True)
     budget = a.cpu_minutes * 60
     schedule = a.schedule_steps
