@@ -36,6 +36,8 @@ from bench.cpu_budget import BudgetRun, run_with_cpu_budget, steps_per_cpu_secon
 
 DEFAULT_SOURCE = Path("/work/shared/data/linxy-full-val.formulas.txt")
 DATA_VERSION = 1
+PROBE_STEPS = 200
+HORIZON_MARGIN = 1.1
 
 
 def parse() -> tuple[argparse.Namespace, list[str]]:
@@ -56,7 +58,7 @@ def parse() -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--label_smoothing", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--schedule_steps", type=int, default=0,
-                   help="cosine horizon (0: the step rate of a short probe x the budget)")
+                   help="cosine horizon (0: 1.1 x the step rate of a short probe x the budget)")
     p.add_argument("--out", default=None, help="output folder (default: a temp folder)")
     p.add_argument("--cache_dir", type=Path, default=Path(tempfile.gettempdir()) / "kr-learn-real",
                    help="where the rendered split is cached")
@@ -194,8 +196,11 @@ def main() -> int:
     budget = a.cpu_minutes * 60
     schedule = a.schedule_steps
     if not schedule:
-        probe = train(a, data, folder / "probe", 100000, extra, budget_s=600, max_steps=80)
-        schedule = max(500, int(steps_per_cpu_second(probe) * budget))
+        # A probe's first steps meet each batch shape for the first time and run slower than the rest: its
+        # rate underestimated the run's by 8-14 %, so runs ended at their horizon with CPU time left. A
+        # longer probe and a horizon 10 % past the estimate let the budget end the run, the cosine near its end.
+        probe = train(a, data, folder / "probe", 100000, extra, budget_s=600, max_steps=PROBE_STEPS)
+        schedule = max(500, int(HORIZON_MARGIN * steps_per_cpu_second(probe) * budget))
     out = folder / "run"
     run = train(a, data, out, schedule, extra, budget)
     if run.returncode != 0:
