@@ -215,6 +215,7 @@ def main() -> int:
     print(json.dumps(report, indent=2, sort_keys=True))
     beam_text = f" | beam {a.beam}: {brief(beam)}" if beam else ""
     recipe = " ".join([f"--renders {a.renders} --train_max_tokens {a.train_max_tokens}", f"--lr {a.lr:g}",
+                       f"--warmup_steps {a.warmup_steps}", f"--batch_size {a.batch_size}",
                        f"--label_smoothing {a.label_smoothing:g}", *extra])
     print(f"learn_real: {a.cpu_minutes:g} CPU min {a.model_size} {recipe}: {result['step']} steps, "
           f"{sizes['sizes']['test']} unseen real formulas <= {a.max_tokens} tokens: greedy {brief(greedy)}{beam_text}")
